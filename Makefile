@@ -1,0 +1,32 @@
+# Two commands on a fresh machine:  make run   (train everything)   and   make test
+PYTHON ?= python3
+VENV   ?= .venv
+PRESET ?= auto
+DATA   ?= dataset
+# A CPU machine gets the CPU build of this torch (a GPU machine the CUDA one); a torch that is
+# already in the environment (Colab's, say) is kept.
+TORCH  ?= torch==2.13.0
+BIN     = $(VENV)/bin
+
+.PHONY: run test notebooks dataset clean
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/python tools/run_pipeline.py --preset $(PRESET) --data $(DATA)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q tests
+
+notebooks: $(BIN)/.installed
+	$(BIN)/python tools/build_notebooks.py
+
+dataset:
+	$(PYTHON) dataset/make_dataset.py
+
+clean:
+	rm -rf model tokenizer runs

@@ -1,0 +1,161 @@
+"""Base model and tokenizer: from the hub when it is reachable, else a tiny one built offline.
+
+The offline fallback is a byte-level BPE trained on the dataset's own text (distinct <pad>, <s>,
+</s>) and a small OPT decoder built from a config with random weights. Everything downstream
+loads checkpoints with the `Auto*` classes, so OPT, GPT-2 and Llama-style models all work.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .config import BaseConfig
+
+PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+
+
+def hub_reachable(timeout_s: float = 3.0) -> tuple[bool, str]:
+    """Can we open a TCP connection to the model hub within `timeout_s`? Returns (ok, reason).
+
+    Decides in seconds what an offline `from_pretrained` takes ~50 s of retries to find out.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False, "HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+
+    def connect():
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(connect).result(timeout=timeout_s)  # bounds the DNS lookup too
+        return True, f"{host} answered"
+    except concurrent.futures.TimeoutError:
+        return False, f"{host} did not answer within {timeout_s:g} s"
+    except OSError as err:
+        return False, f"{host} unreachable ({err})"
+    finally:
+        pool.shutdown(wait=False)
+
+
+def has_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def train_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE trained on `texts`, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=PAD, bos_token=BOS,
+                                   eos_token=EOS, padding_side="right")
+
+
+def build_fallback_model(tokenizer, cfg: BaseConfig):
+    """A small OPT decoder with random weights, sized by `cfg`, matching `tokenizer`."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    config = OPTConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, ffn_dim=cfg.ffn_dim,
+        max_position_embeddings=cfg.max_positions, word_embed_proj_dim=cfg.hidden_size,
+        dropout=cfg.dropout, attention_dropout=0.0, do_layer_norm_before=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id)
+    return OPTForCausalLM(config)
+
+
+def ensure_pad_token(tokenizer, model=None) -> bool:
+    """Give the tokenizer a pad token distinct from EOS (GPT-2 and Llama have none); resize the
+    model's embeddings to match. Returns True if a token was added. (ppo-details #1)"""
+    added = False
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+        added = True
+    if model is not None:
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return added
+
+
+def load_hub_base(cfg: BaseConfig):
+    """The configured hub model and its tokenizer (online path)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model_name, trust_remote_code=cfg.trust_remote_code)
+    ensure_pad_token(tokenizer, model)
+    return model, tokenizer
+
+
+def get_base(cfg: BaseConfig, texts, log=print):
+    """(model, tokenizer, source): the hub model if we can get it, else the offline fallback."""
+    if cfg.use_hub:
+        ok, reason = hub_reachable(cfg.hub_timeout_s)
+        if ok:
+            try:
+                model, tokenizer = load_hub_base(cfg)
+                return model, tokenizer, f"hub:{cfg.model_name}"
+            except (OSError, ValueError) as err:  # network drop, gated repo, unknown id
+                reason = f"loading {cfg.model_name} failed: {err}"
+        log(f"[base] cannot use {cfg.model_name}: {reason}. Building the offline fallback.")
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    model = build_fallback_model(tokenizer, cfg)
+    return model, tokenizer, "fallback:tiny-opt"
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_tokenizer_matches(model, tokenizer, where: str) -> None:
+    """Raise if token ids of `tokenizer` would index past the model's embedding table."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ValueError(f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's "
+                         f"embedding table has {rows} rows; they come from different models. "
+                         "Rerun 0_download.ipynb so both are saved together.")
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer_config.json").exists():
+        raise FileNotFoundError(f"no tokenizer in {path}; run 0_download.ipynb first")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def resolve_preset(preset: str = "auto", base_dir="model/base", decide_anew: bool = False,
+                   timeout_s: float = 3.0) -> tuple[str, str]:
+    """(preset, reason). 'auto' means: what stage 0 chose (recorded in model/base), or, in stage 0
+    itself (decide_anew), `opt-125m` when a GPU and the hub are both reachable, else `tiny`."""
+    import json
+
+    if preset != "auto":
+        return preset, "asked for"
+    recorded = Path(base_dir) / "metrics.json"
+    if not decide_anew and recorded.exists():
+        return json.loads(recorded.read_text())["preset"], f"recorded by 0_download.ipynb in {recorded}"
+    if not has_gpu():
+        return "tiny", "no GPU: the offline tiny model trains in minutes on a CPU"
+    ok, why = hub_reachable(timeout_s)
+    if not ok:
+        return "tiny", f"a GPU but no model hub ({why})"
+    return "opt-125m", "a GPU and the model hub are both reachable"

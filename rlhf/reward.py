@@ -1,0 +1,75 @@
+"""Stage 2: the reward model, a scalar head on a transformer, trained on preference pairs.
+
+It is an `AutoModelForSequenceClassification` with num_labels=1. We run the head on every
+position and read the score at the last real token ourselves, so the same code gives the PPO
+critic its per-token values and the reward model its one score per sequence.
+"""
+from __future__ import annotations
+
+import torch
+
+from .generation import position_ids_from_mask
+from .ppo import pairwise_loss
+
+
+def token_scores(model, input_ids, attention_mask):
+    """The scalar head applied at every position.  (B, T)"""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+    return model.score(hidden).squeeze(-1).float()  # (B, T)
+
+
+def last_token_index(attention_mask):
+    """Index of the last real token of each row, for left or right padding.  (B,)"""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(-1)
+
+
+def sequence_scores(model, input_ids, attention_mask):
+    """One reward per sequence, read at its last real token (its EOS).  (B,)"""
+    scores = token_scores(model, input_ids, attention_mask)          # (B, T)
+    index = last_token_index(attention_mask)                          # (B,)
+    return scores.gather(1, index[:, None]).squeeze(1)               # (B,)
+
+
+def reward_loss_fn(model, batch):
+    """loss_fn for rlhf.train.fit: chosen rows first, rejected rows second, one forward pass."""
+    scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])  # (2B,)
+    chosen, rejected = scores.chunk(2)
+    loss, accuracy, margin = pairwise_loss(chosen, rejected)
+    return loss, {"loss": loss.detach(), "accuracy": accuracy, "margin": margin}
+
+
+@torch.no_grad()
+def score_pairs(model, pairs, collate, batch_size: int = 32):
+    """Scores of chosen and rejected for every pair: two lists of floats."""
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), batch_size):
+        batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size]).items()}
+        scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+        c, r = scores.chunk(2)
+        chosen += c.tolist()
+        rejected += r.tolist()
+    return chosen, rejected
+
+
+def evaluate_reward(model, pairs, collate, batch_size: int = 32):
+    """Held-out pairwise accuracy (ties count as wrong), mean margin and loss."""
+    chosen, rejected = score_pairs(model, pairs, collate, batch_size)
+    c, r = torch.tensor(chosen), torch.tensor(rejected)
+    loss, accuracy, margin = pairwise_loss(c, r)
+    return {"eval_accuracy": float(accuracy), "eval_margin": float(margin), "eval_loss": float(loss)}
+
+
+@torch.no_grad()
+def score_texts(model, sequences, pad_id, batch_size: int = 32):
+    """Reward of each token sequence (lists of ids ending in EOS).  -> list of floats"""
+    from .data import pad_right
+
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        ids, mask = pad_right(sequences[start:start + batch_size], pad_id)
+        out += sequence_scores(model, ids.to(device), mask.to(device)).tolist()
+    return out

@@ -1,0 +1,99 @@
+"""Plumbing written once: Colab set-up, project folder, device and precision, seeds, GPU cache,
+logging. Each is a one-line call from the notebooks."""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# import name -> pip requirement, for what Colab may lack (torch is never reinstalled there)
+COLAB_NEEDS = {"transformers": "transformers>=5.0,<6", "tokenizers": "tokenizers>=0.21",
+               "safetensors": "safetensors", "datasets": "datasets", "accelerate": "accelerate",
+               "peft": "peft", "matplotlib": "matplotlib", "tqdm": "tqdm"}
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def find_project_root(start=None) -> Path:
+    """The folder holding util.py: the current one, a parent, or (Colab) a cloned copy."""
+    start = Path(start or os.getcwd()).resolve()
+    for folder in [start, *start.parents]:
+        if (folder / "util.py").exists() and (folder / "rlhf").is_dir():
+            return folder
+    for guess in [Path("/content/simple-rlhf-tiny"), Path("/content/drive/MyDrive/simple-rlhf-tiny")]:
+        if (guess / "util.py").exists():
+            return guess
+    raise FileNotFoundError(f"cannot find the project (a folder with util.py) from {start}")
+
+
+def setup_colab(log=print) -> list[str]:
+    """On Colab, pip-install the packages that are missing (never torch). Elsewhere, nothing."""
+    if not in_colab():
+        return []
+    missing = [req for name, req in COLAB_NEEDS.items() if importlib.util.find_spec(name) is None]
+    if missing:
+        log(f"[colab] installing {missing}")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+    return missing
+
+
+def resolve_mixed_precision(mode: str) -> str:
+    """'auto' -> bf16 on a GPU that supports it, fp16 on other GPUs, 'no' on CPU."""
+    if mode != "auto":
+        return mode
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def free_gpu_cache() -> dict:
+    """Collect garbage and release cached GPU memory; returns allocated/reserved MiB after."""
+    gc.collect()
+    if not torch.cuda.is_available():
+        return {}
+    torch.cuda.empty_cache()
+    return {"allocated_mib": torch.cuda.memory_allocated() / 2**20,
+            "reserved_mib": torch.cuda.memory_reserved() / 2**20}
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+class RunLog:
+    """Prints a line and appends it to a text log; `record` appends a JSON line of metrics."""
+
+    def __init__(self, folder, stage: str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.text = self.folder / f"{stage}.log"
+        self.jsonl = self.folder / f"{stage}.jsonl"
+        self.jsonl.write_text("")
+        self.start = time.time()
+
+    def __call__(self, message: str) -> None:
+        line = f"[{time.time() - self.start:7.1f}s] {message}"
+        print(line, flush=True)
+        with open(self.text, "a") as handle:
+            handle.write(line + "\n")
+
+    def record(self, metrics: dict) -> None:
+        with open(self.jsonl, "a") as handle:
+            handle.write(json.dumps(metrics) + "\n")

@@ -1,0 +1,69 @@
+"""Execute the five notebooks in order, headless, with papermill (what `make run` does).
+
+    python tools/run_pipeline.py [--preset auto|tiny|ci|opt-125m] [--data dataset] [--only 0 1 2]
+
+Executed copies go to runs/ (the committed notebooks stay clean); checkpoints go to model/.
+Ends by printing model/eval/summary.json as a table when stage 4 ran.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["0_download", "1_actor", "2_critic", "3_rlhf", "4_test"]
+
+
+def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path | None = None) -> dict:
+    """Run the notebooks under `root`; returns {notebook: seconds}. Raises on the first failure."""
+    import papermill
+
+    out_dir = out_dir or root / "runs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    for name in NOTEBOOKS:
+        if not (root / f"{name}.ipynb").exists() or (only and name[0] not in only):
+            continue
+        start = time.time()
+        print(f"== {name}.ipynb (preset {preset}, data {data})", flush=True)
+        papermill.execute_notebook(str(root / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"),
+                                   parameters={"PRESET": preset, "DATA": data}, cwd=str(root),
+                                   kernel_name="python3", progress_bar=False)
+        seconds[name] = round(time.time() - start, 1)
+        print(f"   done in {seconds[name]} s -> {out_dir / (name + '.ipynb')}", flush=True)
+    return seconds
+
+
+def print_summary(root: Path) -> None:
+    path = root / "model" / "eval" / "summary.json"
+    if not path.exists():
+        return
+    summary = json.loads(path.read_text())
+    rows = summary.get("table", [])
+    if not rows:
+        return
+    width = max(len(r[0]) for r in rows)
+    print("\nSummary (model/eval/summary.json)")
+    for label, *values in rows:
+        print(f"  {label:<{width}}  " + "  ".join(f"{v:>10}" for v in values))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="auto")
+    parser.add_argument("--data", default="dataset")
+    parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 0 1 2")
+    args = parser.parse_args()
+    start = time.time()
+    seconds = run_notebooks(ROOT, args.preset, args.data, args.only)
+    print(f"\nall notebooks: {time.time() - start:.0f} s {seconds}")
+    (ROOT / "runs" / "timings.json").write_text(json.dumps(seconds, indent=2) + "\n")
+    print_summary(ROOT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Everything the notebooks use, in one import: `import util`.
+
+A thin facade over the small `rlhf` package, where each piece lives in a short module:
+config (one frozen config per stage, presets), data (reading, validation, encoding), tasks (the
+built-in tasks and the gold judge), models (hub or offline fallback), train (the supervised loop),
+sft, reward, ppo (the PPO math), rollout and rlhf_loop (stage 3), evaluate (stage 4),
+checkpoint (atomic Hugging Face folders), runtime (Colab, device, cache, logging).
+"""
+from rlhf.checkpoint import read_json, recover, require_checkpoint, save_checkpoint, write_json
+from rlhf.config import (ConfigError, config_table, make_config, save_config, ActorConfig,
+                         BaseConfig, CriticConfig, DataConfig, EvalConfig, PPOConfig, PRESETS)
+from rlhf.data import (DataError, collate_pairs, collate_prompts, collate_sft, encode_pairs,
+                       encode_prompts, encode_sft, format_summary, load_dataset_dir, load_rows,
+                       pad_left, pad_right, split_rows)
+from rlhf.generation import complete, decode_responses, generate, position_ids_from_mask
+from rlhf.models import (check_tokenizer_matches, count_parameters, ensure_pad_token, get_base,
+                         has_gpu, hub_reachable, load_tokenizer, resolve_preset, train_tokenizer)
+from rlhf.runtime import (RunLog, find_project_root, free_gpu_cache, in_colab, seed_everything,
+                          setup_colab)
+from rlhf.tasks import gold_breakdown, gold_score
+from rlhf.train import fit
+from rlhf import ppo, reward, sft
+
+MODEL_DIR = "model"
+
+
+def stage_dir(stage: str, root: str = MODEL_DIR) -> str:
+    """Where a stage writes its checkpoint: model/base, model/actor, model/critic, model/rlhf."""
+    return f"{root}/{stage}"
