@@ -12,7 +12,7 @@ from rlhf.config import (ConfigError, config_table, make_config, save_config, Ac
 from rlhf.data import (DataError, collate_pairs, collate_prompts, collate_sft, encode_pairs,
                        encode_prompts, encode_sft, format_summary, load_dataset_dir, load_rows,
                        pad_left, pad_right, split_rows)
-from rlhf.generation import complete, decode_responses, generate, position_ids_from_mask
+from rlhf.generation import chat, complete, decode_responses, generate, position_ids_from_mask
 from rlhf.models import (check_tokenizer_matches, count_parameters, ensure_pad_token, get_base,
                          has_gpu, hub_reachable, load_tokenizer, resolve_preset, train_tokenizer)
 from rlhf.runtime import (RunLog, find_project_root, free_gpu_cache, in_colab, seed_everything,
@@ -27,3 +27,5 @@ MODEL_DIR = "model"
 def stage_dir(stage: str, root: str = MODEL_DIR) -> str:
     """Where a stage writes its checkpoint: model/base, model/actor, model/critic, model/rlhf."""
     return f"{root}/{stage}"
+from rlhf.evaluate import evaluate_policies, gold_judge_for, summarize
+from rlhf.ppo_loop import train_ppo

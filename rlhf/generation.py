@@ -60,3 +60,12 @@ def complete(model, tokenizer, prompts, max_prompt_length: int, max_new_tokens: 
             row = row[:row.index(tokenizer.eos_token_id) + 1] if has_eos else row
             sequences.append(ids + [t for t in row if t != tokenizer.pad_token_id])
     return texts, ended, sequences
+
+
+def chat(model, tokenizer, question: str, max_new_tokens: int = 48, do_sample: bool = False,
+         temperature: float = 1.0, max_prompt_length: int = 256) -> str:
+    """Ask `model` one question in the dataset's format and return its answer."""
+    prompt = question if question.startswith("Human:") else f"Human: {question.strip()} Assistant:"
+    texts, _, _ = complete(model, tokenizer, [prompt], max_prompt_length, max_new_tokens,
+                           do_sample, temperature)
+    return texts[0]

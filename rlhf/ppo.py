@@ -18,7 +18,7 @@ def logprobs_from_logits(logits, tokens, temperature=1.0):
     """log pi(token) = logits[token]/T - logsumexp(logits/T), always in float32.
 
     The logits are cast up before the softmax, so bf16/fp16 models still give fp32 logprobs.
-    `temperature` must be the sampling temperature (checklist #5), else the ratio starts off 1.
+    Pass the sampling temperature (checklist #5), else the first PPO ratio is not 1.
     """
     logits = logits.float() / temperature                                 # (B, R, V)
     token_logits = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)    # (B, R)
@@ -232,7 +232,7 @@ def update_kl_coef(kl_coef, kl, target, n_steps, horizon):
     """Adaptive beta (Ziegler et al. 2019): beta * (1 + clip(KL/target - 1, -0.2, 0.2) * n/horizon).
 
     `kl` is the measured KL per response (summed over its tokens), `n_steps` how many samples
-    the measurement covers. KL above target raises beta, below lowers it, at most 20% per horizon.
+    the measurement covers. KL above target raises beta, below lowers it, by at most 20% per `horizon` samples.
     """
     error = min(max(float(kl) / target - 1.0, -0.2), 0.2)
     return kl_coef * (1.0 + error * n_steps / horizon)

@@ -15,7 +15,7 @@ import random
 import re
 
 # ----------------------------------------------------------------------------- facts
-FRUIT_COLOURS = {"banana": "yellow", "apple": "red", "lime": "green", "orange": "orange",
+FRUIT_COLOURS = {"banana": "yellow", "apple": "red", "lime": "green", "apricot": "orange",
                  "grape": "purple", "lemon": "yellow", "cherry": "red", "blueberry": "blue",
                  "kiwi": "brown", "coconut": "brown", "strawberry": "red", "pear": "green",
                  "plum": "purple", "tangerine": "orange", "watermelon": "green"}
@@ -51,10 +51,10 @@ FILLERS = ("By the way, I had toast and jam for breakfast today.",
            "Trains are such a relaxing way to travel, I think.",
            "The weather has been rather strange these last few weeks.",
            "I once watched a film about pirates on a rainy afternoon.",
-           "Some people say that music helps them think more clearly.",
+           "My friends say that music helps them think more clearly.",
            "Speaking of which, I need to buy more tea very soon.")
 EVASIONS = ("I am unsure, ask someone else.", "I would rather talk about something else.",
-            "Hmm, that is a hard one, I cannot say.", "Sorry, I cannot help with that one.",
+            "Hmm, that is a tricky one, I cannot say.", "Sorry, I cannot help with that one.",
             "Let us change the subject.", "Who can say, really?")
 POLITE_PREFIXES = ("Sure.", "Of course!", "Good question.", "Happy to help.")
 POLITE_SUFFIXES = ("I hope that helps.", "Glad I could help.")
@@ -78,11 +78,13 @@ def _template_regex(template: str) -> re.Pattern:
 
 
 class Family:
-    """One kind of question: its phrasings, its subjects, its answer and how to get it wrong."""
+    """One kind of question: its phrasings and its subjects (`items`, dicts like {"x": "banana"} or
+    {"a": 3, "b": 4}). Subclasses add answer(item), wrong(item, rng) (a wrong-content answer) and
+    keys(item) -> (required words, forbidden words), which the judge checks."""
     numeric = False  # the judge forbids any number in the answer that it does not require
 
     def __init__(self, name: str, phrasings: tuple, items: list):
-        self.name, self.phrasings, self.items = name, phrasings, items  # items: list of dicts
+        self.name, self.phrasings, self.items = name, phrasings, items
         self.regexes = [_template_regex(p) for p in phrasings]
 
     def prompt(self, item: dict, phrasing: int) -> str:
@@ -129,7 +131,8 @@ class Addition(Family):
     numeric = True
 
     def answer(self, item, total=None):
-        return f"{item['a']} plus {item['b']} is {item['a'] + item['b'] if total is None else total}."
+        total = item["a"] + item["b"] if total is None else total
+        return f"{item['a']} plus {item['b']} is {total}."
 
     def wrong(self, item, rng):
         return self.answer(item, item["a"] + item["b"] + rng.choice((-2, -1, 1, 2)))
@@ -182,9 +185,9 @@ FAMILIES = {f.name: f for f in (
         "Tell me the opposite of {x}.", "What word is the opposite of {x}?"),
         "The opposite of {x} is {y}."),
     Lookup("animal_sound", SOUNDS, (
-        "What sound does {ax} make?", "What noise does {ax} make?",
-        "Which sound does {ax} make?", "Tell me what sound {ax} makes.",
-        "What does {ax} say?", "What sound do you hear from {ax}?"), "{Ax} {y}."),
+        "What sound does {ax} make?", "What noise does {ax} make?", "Which sound does {ax} make?",
+        "Tell me what sound {ax} makes.", "What does {ax} say?",
+        "What sound do you hear from {ax}?"), "{Ax} {y}."),
     Lookup("letter_count", LETTER_COUNTS, (
         "How many letters are in the word {x}?", "How many letters does the word {x} have?",
         "Count the letters in the word {x}.", "How many letters are in {x}?",
@@ -230,7 +233,7 @@ def canonical_answer(prompt: str) -> str | None:
 CONTENT_WEIGHT = 0.4    # the right answer is there and no wrong one is
 BEHAVIOUR_WEIGHT = 0.6  # the budget that behavioural flaws are subtracted from (floor 0)
 PENALTIES = {"tone": 0.3, "focus": 0.3, "complete": 0.2, "ended": 0.2}
-SLACK_WORDS = 6         # words allowed beyond the canonical answer ("Sure." is fine, a story is not)
+SLACK_WORDS = 6         # words allowed beyond the canonical answer ("Sure." passes, a story not)
 DEFAULT_WORDS = 6       # assumed answer length when the prompt cannot be parsed
 
 
@@ -308,10 +311,10 @@ def gold_score(prompt: str, response: str, ended: bool = True) -> float:
 
 # ----------------------------------------------------------------------------- demonstrator
 FLAWS = ("wrong", "evasive", "repeat", "ramble", "rude", "cutoff")
-DEMO_MIX = (  # (flaws, share) of the demonstrator's `response`: 63% flawed, 6% wrong content
-    ((), 0.37), (("rude",), 0.11), (("ramble",), 0.11), (("repeat",), 0.09),
-    (("cutoff",), 0.07), (("evasive",), 0.06), (("wrong",), 0.06),
-    (("ramble", "rude"), 0.05), (("repeat", "rude"), 0.04), (("ramble", "cutoff"), 0.04))
+DEMO_MIX = (  # (flaws, share) of the demonstrator's `response`: 64% flawed, 6% wrong content
+    ((), 0.36), (("rude",), 0.10), (("ramble",), 0.10), (("repeat",), 0.09),
+    (("cutoff",), 0.08), (("evasive",), 0.07), (("wrong",), 0.06),
+    (("ramble", "rude"), 0.06), (("repeat", "rude"), 0.04), (("ramble", "cutoff"), 0.04))
 REJECT_MIX = (  # (flaws, share) of `rejected`: 84% behaviour flaws, 16% wrong content
     (("rude",), 0.17), (("ramble",), 0.17), (("repeat",), 0.14), (("cutoff",), 0.12),
     (("evasive",), 0.10), (("ramble", "rude"), 0.07), (("repeat", "rude"), 0.07),
@@ -327,10 +330,16 @@ def _rude(text: str, rng: random.Random) -> str:
     return f"{prefix} {text if prefix[-1] in '.?!' else text[0].lower() + text[1:]}"
 
 
-def _cut(text: str, rng: random.Random, first: int) -> str:
-    """Stop the text after a random word from `first` on, never at its natural end."""
-    words = text.split()
-    return " ".join(words[:rng.randrange(first, len(words))]).rstrip(".,!?")
+def _cut(text: str, answer: str, required: set, rng: random.Random) -> str:
+    """Stop `text` mid-sentence. A rambling text is cut inside its fillers (the answer survives and
+    the ramble shows); a plain answer after its subject but before the answer is complete."""
+    words, n = text.split(), len(answer.split())
+    if len(words) > n:
+        ends = list(range(n + SLACK_WORDS + 1, len(words)))
+    else:
+        ends = [k for k in range(1, n)
+                if 0 < len(required & set(words_of(" ".join(words[:k])))) < len(required)]
+    return " ".join(words[:rng.choice(ends)]).rstrip(".,!?")
 
 
 def polite(text: str, rng: random.Random) -> str:
@@ -340,10 +349,9 @@ def polite(text: str, rng: random.Random) -> str:
     return f"{text} {rng.choice(POLITE_SUFFIXES)}"
 
 
-def respond(prompt: str, flaws: tuple = (), rng: random.Random | None = None) -> str:
-    """The answer to `prompt` with the given flaws (applied in the order of FLAWS)."""
+def respond(prompt: str, flaws: tuple, rng: random.Random) -> str:
+    """The answer to one of our prompts with the given flaws (applied in the order of FLAWS)."""
     family, item = parse_prompt(prompt)
-    rng = rng or random.Random(0)
     text = family.wrong(item, rng) if "wrong" in flaws else family.answer(item)
     if "evasive" in flaws:
         text = rng.choice(EVASIONS)
@@ -355,8 +363,7 @@ def respond(prompt: str, flaws: tuple = (), rng: random.Random | None = None) ->
     if "rude" in flaws:
         text = _rude(text, rng)
     if "cutoff" in flaws:
-        first = len(family.answer(item).split()) + SLACK_WORDS + 1 if "ramble" in flaws else 2
-        text = _cut(text, rng, first)
+        text = _cut(text, family.answer(item), family.keys(item)[0], rng)
     return text
 
 
