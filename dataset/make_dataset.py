@@ -45,7 +45,7 @@ def summarise(split: str, rows: list[dict]) -> None:
     families = Counter(r["family"] for r in rows)
     flawed = sum(bool(r["flaws"]) for r in rows) / len(rows)
     print(f"{split}: {len(rows)} rows, {len(families)} families "
-          f"({', '.join(f'{name} {n}' for name, n in families.items())})")
+          f"({', '.join(f'{name} {families[name]}' for name in tasks.FAMILIES)})")
     print(f"  mean gold: response {mean_gold(rows, 'response'):.3f}, "
           f"chosen {mean_gold(rows, 'chosen'):.3f}, rejected {mean_gold(rows, 'rejected'):.3f}")
     print(f"  response flawed {100 * flawed:.1f}%: {shares([r['flaws'] for r in rows])}")

@@ -42,9 +42,9 @@ COMPARE_RANGE = range(1, 10)  # "is a bigger than b?" with a != b in 1..9
 # ----------------------------------------------------------------------------- behaviour text
 RUDE_PREFIXES = ("Ugh, obviously", "Duh.", "Seriously?", "Whatever.", "Ugh, fine.")
 RUDE_SUFFIXES = ("Figure it out yourself.", "Everyone knows that.", "Stop wasting my time.",
-                 "What a dumb question.", "Look it up next time.")
+                 "What a dumb question.", "Use your head next time.")
 RUDE_MARKERS = re.compile(r"\b(ugh|obviously|duh|seriously|whatever|figure it out|everyone knows|"
-                          r"wasting my time|dumb|stupid|idiot|look it up|shut up)\b", re.I)
+                          r"wasting my time|dumb|stupid|idiot|use your head|shut up)\b", re.I)
 FILLERS = ("By the way, I had toast and jam for breakfast today.",
            "My cousin collects stamps from all over the world.",
            "I should really tidy my desk at some point this week.",
@@ -56,7 +56,7 @@ FILLERS = ("By the way, I had toast and jam for breakfast today.",
 EVASIONS = ("I am unsure, ask someone else.", "I would rather talk about something else.",
             "Hmm, that is a tricky one, I cannot say.", "Sorry, I cannot help with that one.",
             "Let us change the subject.", "Who can say, really?")
-POLITE_PREFIXES = ("Sure.", "Of course!", "Good question.", "Happy to help.")
+POLITE_PREFIXES = ("Sure.", "Of course!", "Good question.", "Gladly.")
 POLITE_SUFFIXES = ("I hope that helps.", "Glad I could help.")
 
 # ----------------------------------------------------------------------------- families
@@ -128,6 +128,7 @@ class Lookup(Family):
 
 
 class Addition(Family):
+    """'What is 3 plus 4?' -> '3 plus 4 is 7.'"""
     numeric = True
 
     def answer(self, item, total=None):
@@ -142,6 +143,7 @@ class Addition(Family):
 
 
 class Comparison(Family):
+    """'Is 3 bigger than 8?' -> 'No, 3 is not bigger than 8.'"""
     numeric = True
 
     def answer(self, item, bigger=None):
@@ -315,10 +317,10 @@ DEMO_MIX = (  # (flaws, share) of the demonstrator's `response`: 64% flawed, 6% 
     ((), 0.36), (("rude",), 0.10), (("ramble",), 0.10), (("repeat",), 0.09),
     (("cutoff",), 0.08), (("evasive",), 0.07), (("wrong",), 0.06),
     (("ramble", "rude"), 0.06), (("repeat", "rude"), 0.04), (("ramble", "cutoff"), 0.04))
-REJECT_MIX = (  # (flaws, share) of `rejected`: 84% behaviour flaws, 16% wrong content
-    (("rude",), 0.17), (("ramble",), 0.17), (("repeat",), 0.14), (("cutoff",), 0.12),
+REJECT_MIX = (  # (flaws, share) of `rejected`: 85% behaviour flaws, 15% wrong content
+    (("rude",), 0.18), (("ramble",), 0.17), (("repeat",), 0.14), (("cutoff",), 0.12),
     (("evasive",), 0.10), (("ramble", "rude"), 0.07), (("repeat", "rude"), 0.07),
-    (("wrong",), 0.16))
+    (("wrong",), 0.15))
 POLITE_SHARE = 0.2  # share of `chosen` that wraps the canonical answer in a polite phrase
 MARGIN = 0.15       # gold(chosen) must beat gold(rejected) by more than this
 

@@ -39,10 +39,10 @@ def labelled_train():
     ("A banana is yellow. My cousin collects stamps from all over the world.", 0.7),  # rambling
     ("A banana is yellow. A banana is yellow.", 0.7),                   # repeated
     ("A banana is yellow yellow yellow.", 0.7),                         # stuttering
-    ("A banana is", 0.4),                                               # cut off: no answer, no stop
+    ("A banana is", 0.4),                                               # cut off: no answer or stop
     ("A banana is red.", 0.6),                                          # wrong content
     ("A banana is yellow or red.", 0.6),                                # a competing answer
-    ("I am unsure, ask someone else.", 0.3),                            # evasive: no content, off topic
+    ("I am unsure, ask someone else.", 0.3),                            # evasive: off topic
     ("Ugh, obviously a banana is yellow. A banana is yellow.", 0.4),    # two flaws
     ("", 0.0),
 ])
