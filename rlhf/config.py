@@ -134,8 +134,8 @@ PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "base": dict(use_hub=False, vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4,
                      ffn_dim=1024, max_positions=256),
-        "data": dict(max_length=128, max_prompt_length=64),
-        "actor": dict(lr=1e-3, batch_size=16, epochs=3, max_new_tokens=40),
+        "data": dict(split=(5, 3, 2), max_length=128, max_prompt_length=64),
+        "actor": dict(lr=2e-3, batch_size=16, epochs=3, max_new_tokens=40),
         "critic": dict(lr=5e-4, batch_size=16, epochs=1),
         "ppo": dict(actor_lr=1e-5, critic_lr=1e-4, iterations=60, rollout_batch=32, minibatch=32,
                     max_new_tokens=40),

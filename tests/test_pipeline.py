@@ -1,0 +1,84 @@
+"""The real entry point at toy size: all five notebooks, headless, on the `ci` preset, in a
+scratch copy of the project (the user's model/ folder is never touched)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["0_download", "1_actor", "2_critic", "3_rlhf", "4_test"]
+
+
+def copy_project(dest: Path) -> Path:
+    for name in ["util.py", "rlhf", "dataset", "tools", *[f"{n}.ipynb" for n in NOTEBOOKS]]:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    sys.path.insert(0, str(ROOT / "tools"))
+    from run_pipeline import run_notebooks
+    seconds = run_notebooks(project, preset="ci", data="dataset")
+    return project, seconds
+
+
+def test_every_notebook_ran(ci_run):
+    project, seconds = ci_run
+    assert list(seconds) == NOTEBOOKS
+    for name in NOTEBOOKS:
+        executed = json.loads((project / "runs" / f"{name}.ipynb").read_text())
+        errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors
+
+
+def test_checkpoints_reload_with_auto_classes(ci_run):
+    project, _ = ci_run
+    for stage in ("base", "actor", "rlhf"):
+        model = AutoModelForCausalLM.from_pretrained(project / "model" / stage)
+        assert model.get_input_embeddings().weight.shape[0] >= len(AutoTokenizer.from_pretrained(project / "model" / stage))
+        assert json.loads((project / "model" / stage / "stage_config.json").read_text())
+    rm = AutoModelForSequenceClassification.from_pretrained(project / "model" / "critic")
+    assert rm.config.num_labels == 1
+    assert not list((project / "model").glob(".*.tmp"))  # nothing half-written
+
+
+def test_reward_model_beats_chance(ci_run):
+    project, _ = ci_run
+    metrics = json.loads((project / "model" / "critic" / "metrics.json").read_text())
+    assert metrics["eval_accuracy"] > 0.5
+    stats = json.loads((project / "model" / "critic" / "reward_stats.json").read_text())
+    assert stats["std"] > 0
+
+
+def test_ppo_policy_scores_above_sft_on_eval_prompts(ci_run):
+    project, _ = ci_run
+    summary = json.loads((project / "model" / "eval" / "summary.json").read_text())
+    figures = summary["figures"]
+    assert figures["sampled/rm_score/rlhf"] > figures["sampled/rm_score/sft"]
+    assert figures["sampled/kl_from_reference/sft"] == 0.0
+    assert 0 <= figures["sampled/win_rate_gold"] <= 1
+
+
+def test_rlhf_model_generates_through_pipeline(ci_run):
+    project, _ = ci_run
+    generator = pipeline("text-generation", model=str(project / "model" / "rlhf"))
+    out = generator("Human: What colour is a banana? Assistant:", max_new_tokens=5, do_sample=False)
+    assert out[0]["generated_text"].startswith("Human: What colour is a banana? Assistant:")
+
+
+def test_committed_notebooks_match_sources_and_carry_no_outputs():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "build_notebooks.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    for name in NOTEBOOKS:
+        notebook = json.loads((ROOT / f"{name}.ipynb").read_text())
+        assert all(not c.get("outputs") for c in notebook["cells"])
+        assert any("parameters" in c["metadata"].get("tags", []) for c in notebook["cells"])
