@@ -148,7 +148,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "actor": dict(lr=2e-3, batch_size=16, epochs=1, max_steps=30, sample_prompts=2,
                       max_new_tokens=24),
         "critic": dict(lr=1e-3, batch_size=16, epochs=1, max_steps=30),
-        "ppo": dict(actor_lr=1e-5, critic_lr=1e-4, iterations=4, rollout_batch=8, minibatch=8,
+        "ppo": dict(actor_lr=3e-4, critic_lr=1e-3, iterations=8, rollout_batch=16, minibatch=8,
                     ppo_epochs=2, max_new_tokens=16, log_samples_every=2),
         "eval": dict(max_prompts=16, max_new_tokens=16),
     },
