@@ -29,3 +29,13 @@ def stage_dir(stage: str, root: str = MODEL_DIR) -> str:
     return f"{root}/{stage}"
 from rlhf.evaluate import evaluate_policies, gold_judge_for, summarize
 from rlhf.ppo_loop import train_ppo
+
+
+def resume_dir(stage: str, root: str = MODEL_DIR) -> str:
+    """Where a stage keeps its resumable periodic checkpoint until it completes."""
+    return f"{root}/resume/{stage}"
+
+
+def clear_resume(stage: str, root: str = MODEL_DIR) -> None:
+    import shutil
+    shutil.rmtree(resume_dir(stage, root), ignore_errors=True)

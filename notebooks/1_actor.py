@@ -84,10 +84,8 @@ show_samples(model, "base model (greedy):")
 # %%
 log = util.RunLog(util.stage_dir("logs"), "actor")
 evaluate = lambda m: util.sft.evaluate_sft(m, eval_examples, collate)
-periodic = lambda m, step: util.save_checkpoint(f"{util.stage_dir('actor')}-periodic", m, tokenizer,
-                                                configs=[cfg, data_cfg], metrics={"step": step})
-model, history = util.fit(model, train_examples, collate, util.sft.sft_loss_fn, cfg, log=log,
-                          evaluate=evaluate, on_checkpoint=periodic)
+model, history = util.fit(model, train_examples, collate, util.sft.sft_loss_fn, cfg,
+                          log=log, evaluate=evaluate, resume_dir=util.resume_dir("actor"), tokenizer=tokenizer)
 print(f"trained {len(history['steps'])} steps in {history['train_seconds']:.0f} s")
 
 # %%
@@ -107,4 +105,5 @@ metrics = {"preset": preset, "steps": len(steps), "train_seconds": history["trai
            "train_loss": steps[-1]["loss"], "eval_loss": final["eval_loss"],
            "perplexity": final["perplexity"], "history": history["epochs"]}
 util.save_checkpoint(util.stage_dir("actor"), model, tokenizer, configs=[cfg, data_cfg], metrics=metrics)
+util.clear_resume("actor")  # the stage is complete: a rerun starts afresh
 print("saved model/actor:", {k: v for k, v in metrics.items() if k != "history"})

@@ -82,10 +82,8 @@ print("before training:", util.reward.evaluate_reward(model, eval_pairs, collate
 # %%
 log = util.RunLog(util.stage_dir("logs"), "critic")
 evaluate = lambda m: util.reward.evaluate_reward(m, eval_pairs, collate)
-periodic = lambda m, step: util.save_checkpoint(f"{util.stage_dir('critic')}-periodic", m, tokenizer,
-                                                configs=[cfg, data_cfg], metrics={"step": step})
-model, history = util.fit(model, train_pairs, collate, util.reward.reward_loss_fn, cfg, log=log,
-                          evaluate=evaluate, on_checkpoint=periodic)
+model, history = util.fit(model, train_pairs, collate, util.reward.reward_loss_fn, cfg,
+                          log=log, evaluate=evaluate, resume_dir=util.resume_dir("critic"), tokenizer=tokenizer)
 final = history["epochs"][-1]
 print(f"held-out accuracy {final['eval_accuracy']:.3f}, mean margin {final['eval_margin']:.3f}")
 
@@ -125,4 +123,5 @@ metrics = {"preset": preset, "steps": len(history["steps"]), "train_seconds": hi
            "eval_loss": final["eval_loss"], "history": history["epochs"]}
 util.save_checkpoint(util.stage_dir("critic"), model, tokenizer, configs=[cfg, data_cfg],
                      metrics=metrics, files={"reward_stats.json": stats})
+util.clear_resume("critic")  # the stage is complete: a rerun starts afresh
 print("saved model/critic:", {k: v for k, v in metrics.items() if k != "history"})

@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+from . import faults
 from .config import config_to_dict
 
 STAGE_MAKERS = {"base": "0_download.ipynb", "actor": "1_actor.ipynb", "critic": "2_critic.ipynb",
@@ -41,12 +42,14 @@ def write_json(path, obj) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def save_checkpoint(out_dir, model=None, tokenizer=None, configs=(), metrics=None, files=None) -> Path:
+def save_checkpoint(out_dir, model=None, tokenizer=None, configs=(), metrics=None, files=None,
+                    train_state=None) -> Path:
     """Write a checkpoint folder atomically.
 
     model/tokenizer: saved with save_pretrained (safetensors); configs: stage config dataclasses,
     saved together as stage_config.json; metrics: dict saved as metrics.json; files: extra
-    {name: json-able object} written as JSON.
+    {name: json-able object} written as JSON; train_state: (optimizers, schedulers, progress)
+    for a resumable periodic checkpoint (see save_train_state).
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,9 @@ def save_checkpoint(out_dir, model=None, tokenizer=None, configs=(), metrics=Non
         write_json(tmp / "metrics.json", metrics)
     for name, obj in (files or {}).items():
         write_json(tmp / name, obj)
+    if train_state is not None:
+        save_train_state(tmp, *train_state)
+    faults.point("save")
     _fsync_tree(tmp)
     if out.exists():
         os.replace(out, old)
@@ -78,7 +84,29 @@ def require_checkpoint(path, stage: str) -> Path:
     has_weights = any(path.glob("*.safetensors")) if path.is_dir() else False
     if not has_weights:
         raise FileNotFoundError(f"no {stage} checkpoint at {path}: run {STAGE_MAKERS[stage]} first")
+    for file in path.glob("*.safetensors"):
+        check_safetensors(file, f"the {stage} checkpoint (rerun {STAGE_MAKERS[stage]})")
     return path
+
+
+def check_safetensors(file, what: str) -> None:
+    """Raise a clear error if a safetensors file is truncated or corrupt (header and sizes)."""
+    import struct
+
+    file = Path(file)
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as handle:
+            (header_len,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(header_len)) if 8 + header_len <= size else None
+    except (struct.error, ValueError, UnicodeDecodeError):
+        header = None
+    if header is None:
+        raise ValueError(f"{file} is corrupt (unreadable header): {what}")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end != size:
+        raise ValueError(f"{file} is truncated ({size} bytes, the header promises "
+                         f"{8 + header_len + end}): {what}")
 
 
 def read_json(path) -> dict:
@@ -86,3 +114,107 @@ def read_json(path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing")
     return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- resumable training state
+# Optimiser, scheduler and RNG state as safetensors (tensors) plus JSON (everything else), so a
+# resume never unpickles anything.
+
+def _rng_state() -> tuple[dict, dict]:
+    import random
+
+    import numpy as np
+    import torch
+
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np_state[1].astype("int64"))}
+    meta = {"python": [version, list(state), gauss], "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict, meta: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    version, state, gauss = meta["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["rng.numpy"].numpy().astype("uint32"), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["rng.torch"])
+
+
+def _optimizer_state(optimizer, prefix: str) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            key = f"{prefix}.{index}.{name}"
+            if hasattr(value, "shape"):
+                tensors[key] = value.detach().cpu().contiguous()
+            else:
+                scalars[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer_state(optimizer, prefix: str, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        if key.startswith(prefix + "."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_train_state(folder, optimizers: dict, schedulers: dict, progress: dict) -> None:
+    """Write train_state.safetensors + train_state.json into `folder` (inside a checkpoint being
+    written). optimizers/schedulers: {name: object}; progress: JSON-able (step, history, ...)."""
+    from safetensors.torch import save_file
+
+    tensors, rng_meta = _rng_state()
+    meta = {"progress": progress, "rng": rng_meta, "optimizers": {}, "schedulers": {}}
+    for name, optimizer in optimizers.items():
+        opt_tensors, meta["optimizers"][name] = _optimizer_state(optimizer, f"opt_{name}")
+        tensors.update(opt_tensors)
+    for name, scheduler in schedulers.items():
+        meta["schedulers"][name] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    save_file(tensors, str(Path(folder) / "train_state.safetensors"))
+    write_json(Path(folder) / "train_state.json", meta)
+
+
+def load_train_state(folder, optimizers: dict, schedulers: dict) -> dict:
+    """Restore what save_train_state wrote; returns the saved `progress`."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(folder) / "train_state.safetensors"))
+    meta = read_json(Path(folder) / "train_state.json")
+    for name, optimizer in optimizers.items():
+        _load_optimizer_state(optimizer, f"opt_{name}", tensors, meta["optimizers"][name])
+    for name, scheduler in schedulers.items():
+        scheduler.load_state_dict({**scheduler.state_dict(), **meta["schedulers"][name]})
+    _set_rng_state(tensors, meta["rng"])
+    return meta["progress"]
+
+
+def has_train_state(folder) -> bool:
+    folder = Path(folder)
+    recover(folder)
+    return (folder / "train_state.json").exists() and (folder / "train_state.safetensors").exists()
+
+
+def load_weights(model, folder) -> None:
+    """Load a checkpoint folder's safetensors weights into an existing model (strict)."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    state = {}
+    for file in files:
+        if file.name != "train_state.safetensors":
+            state.update(load_file(str(file)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k or "embed_out" in k}
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"{folder}: weights do not match the model (missing {sorted(set(missing) - tied)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]})")

@@ -57,8 +57,9 @@ class ActorConfig:
     max_grad_norm: float = 1.0             # global gradient-norm clip
     mixed_precision: str = "auto"          # "auto" (bf16 on a GPU that has it, else fp16 on GPU, no on CPU), "no", "bf16", "fp16"
     gradient_checkpointing: bool = False   # trade compute for memory on big models
-    checkpoint_every: int = 0              # save a periodic checkpoint every N steps (0 = only at the end)
+    checkpoint_every: int = 200            # save a resumable checkpoint every N steps (0 = never)
     max_steps: int = 0                     # stop after N optimiser steps (0 = run all epochs)
+    max_bad_steps: int = 5                 # stop after this many non-finite steps in a row
     sample_prompts: int = 4                # eval prompts shown before and after training
     max_new_tokens: int = 48               # generation length for the samples
     seed: int = 42                         # seed of shuffling and dropout
@@ -76,8 +77,9 @@ class CriticConfig:
     max_grad_norm: float = 1.0             # global gradient-norm clip
     mixed_precision: str = "auto"          # as ActorConfig.mixed_precision
     gradient_checkpointing: bool = False   # trade compute for memory on big models
-    checkpoint_every: int = 0              # periodic checkpoint every N steps (0 = only at the end)
+    checkpoint_every: int = 200            # save a resumable checkpoint every N steps (0 = never)
     max_steps: int = 0                     # stop after N optimiser steps (0 = run all epochs)
+    max_bad_steps: int = 5                 # stop after this many non-finite steps in a row
     init_from: str = "base"                # "base" (the original) or "actor": which checkpoint the reward model starts from
     seed: int = 42                         # seed of shuffling and dropout
 
@@ -109,7 +111,7 @@ class PPOConfig:
     max_bad_updates: int = 5               # stop after this many non-finite updates in a row
     mixed_precision: str = "auto"          # as ActorConfig.mixed_precision
     lora_rank: int = 0                     # >0: train LoRA adapters only (peft); the reference is the adapter-disabled actor
-    checkpoint_every: int = 0              # periodic checkpoint every N iterations (0 = only at the end)
+    checkpoint_every: int = 20             # save a resumable checkpoint every N iterations (0 = never)
     log_samples_every: int = 10            # keep a sample table row every N iterations
     seed: int = 42                         # seed of prompt order and sampling
 
@@ -146,10 +148,10 @@ PRESETS: dict[str, dict[str, dict]] = {
                      ffn_dim=128, max_positions=128),
         "data": dict(max_length=96, max_prompt_length=48, max_eval_rows=64),
         "actor": dict(lr=2e-3, batch_size=16, epochs=1, max_steps=30, sample_prompts=2,
-                      max_new_tokens=24),
-        "critic": dict(lr=1e-3, batch_size=16, epochs=1, max_steps=30),
+                      max_new_tokens=24, checkpoint_every=5),
+        "critic": dict(lr=1e-3, batch_size=16, epochs=1, max_steps=30, checkpoint_every=5),
         "ppo": dict(actor_lr=3e-4, critic_lr=1e-3, iterations=8, rollout_batch=16, minibatch=8,
-                    ppo_epochs=2, max_new_tokens=16, log_samples_every=2),
+                    ppo_epochs=2, max_new_tokens=16, log_samples_every=2, checkpoint_every=2),
         "eval": dict(max_prompts=16, max_new_tokens=16),
     },
 }
@@ -173,7 +175,7 @@ _POSITIVE = {"lr", "actor_lr", "critic_lr", "batch_size", "grad_accum", "epochs"
              "rollout_batch", "minibatch", "ppo_epochs", "max_new_tokens", "temperature",
              "max_length", "max_prompt_length", "vocab_size", "hidden_size", "num_layers",
              "num_heads", "ffn_dim", "max_positions", "samples_per_prompt", "max_grad_norm",
-             "hub_timeout_s", "score_clip", "target_kl", "kl_horizon", "max_bad_updates"}
+             "hub_timeout_s", "score_clip", "target_kl", "kl_horizon", "max_bad_updates", "max_bad_steps"}
 _NON_NEGATIVE = {"weight_decay", "kl_coef", "vf_coef", "missing_eos_penalty", "checkpoint_every",
                  "max_steps", "max_eval_rows", "max_prompts", "lora_rank", "sample_prompts",
                  "clip_value"}

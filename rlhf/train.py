@@ -15,6 +15,8 @@ import torch
 from torch.optim import AdamW
 from transformers import get_linear_schedule_with_warmup
 
+from . import faults
+from .checkpoint import has_train_state, load_train_state, load_weights, save_checkpoint
 from .runtime import free_gpu_cache, is_oom, resolve_mixed_precision
 
 
@@ -60,19 +62,46 @@ def robust_step(model, items, collate, loss_fn, accelerator, optimizer, micro: i
         try:
             return accumulate_step(model, items, collate, loss_fn, accelerator, micro), micro
         except RuntimeError as err:
-            if not is_oom(err) or micro == 1:
+            if not is_oom(err):
                 raise
-            micro = max(1, micro // 2)
             free_gpu_cache()
+            if micro == 1:
+                raise MemoryError("out of memory with a micro-batch of 1. Last resort: run this "
+                                  "stage on the CPU (CUDA_VISIBLE_DEVICES='' or Colab's CPU runtime), "
+                                  "or set mixed_precision / gradient_checkpointing / a shorter "
+                                  "max_length.") from err
+            micro = max(1, micro // 2)
             log(f"out of memory: micro-batch halved to {micro} (effective batch unchanged)")
 
 
-def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, on_checkpoint=None,
-        progress=True):
-    """Train `model` on `train_items` for cfg.epochs; returns the per-step and per-epoch history.
+def apply_step(model, stats, accelerator, optimizer, cfg) -> tuple[bool, float]:
+    """Clip and step, unless the loss or the gradient is not finite. Returns (stepped, grad norm)."""
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+    finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values())
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return finite, grad_norm
 
-    evaluate(model) -> dict is called after each epoch; on_checkpoint(model, step) every
-    cfg.checkpoint_every steps.
+
+def resume(model, optimizer, scheduler, resume_dir, log) -> dict:
+    """Training progress: fresh, or restored from the resumable checkpoint in `resume_dir`."""
+    progress = {"step": 0, "micro": None, "bad_in_a_row": 0, "history": {"steps": [], "epochs": []}}
+    if resume_dir and has_train_state(resume_dir):
+        load_weights(model, resume_dir)
+        progress = load_train_state(resume_dir, {"model": optimizer}, {"model": scheduler})
+        log(f"resumed from {resume_dir} at step {progress['step']}")
+    return progress
+
+
+def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, resume_dir=None,
+        tokenizer=None, progress_bar=True):
+    """Train `model` on `train_items` for cfg.epochs; returns (model, history).
+
+    evaluate(model) -> dict runs after each epoch. With `resume_dir`, a resumable checkpoint
+    (weights, optimiser, scheduler, RNG, step, history) is written there every
+    cfg.checkpoint_every steps, and a rerun continues from it: the result is the same as an
+    uninterrupted run. Non-finite steps are skipped; cfg.max_bad_steps in a row stop the stage.
     """
     from tqdm.auto import tqdm
 
@@ -80,44 +109,49 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, on_
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     per_epoch = math.ceil(len(train_items) / cfg.batch_size)
-    total = per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, per_epoch * cfg.epochs)
+    total = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
     optimizer, scheduler = make_optimizer(model, cfg, total)
     model, optimizer = accelerator.prepare(model, optimizer)
-    micro = max(1, cfg.batch_size // cfg.grad_accum)
-    history = {"steps": [], "epochs": []}
-    bar = tqdm(total=total, desc="train", disable=not progress)
-    step, start = 0, time.time()
+    state = resume(accelerator.unwrap_model(model), optimizer, scheduler, resume_dir, log)
+    history, micro = state["history"], state["micro"] or max(1, cfg.batch_size // cfg.grad_accum)
+    bar = tqdm(total=total, initial=state["step"], desc="train", disable=not progress_bar)
+    start, step = time.time(), 0
     for epoch in range(cfg.epochs):
         model.train()
         for indices in step_batches(len(train_items), cfg.batch_size, epoch, cfg.seed):
-            items = [train_items[i] for i in indices]
-            stats, micro = robust_step(model, items, collate, loss_fn, accelerator, optimizer, micro, log)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if not all(math.isfinite(v) for v in stats.values()) or not torch.isfinite(grad_norm):
-                log(f"step {step}: non-finite loss or gradient, update skipped")
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                optimizer.step()
-            scheduler.step()
-            step += 1
-            history["steps"].append({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                                     "grad_norm": float(grad_norm), **stats})
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}")
-            if on_checkpoint and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                on_checkpoint(accelerator.unwrap_model(model), step)
             if step >= total:
                 break
-        if evaluate is not None:
+            step += 1
+            if step <= state["step"]:
+                continue  # done before the interruption
+            items = [train_items[i] for i in indices]
+            stats, micro = robust_step(model, items, collate, loss_fn, accelerator, optimizer, micro, log)
+            stepped, grad_norm = apply_step(model, stats, accelerator, optimizer, cfg)
+            scheduler.step()
+            state.update(step=step, micro=micro, bad_in_a_row=0 if stepped else state["bad_in_a_row"] + 1)
+            if not stepped:
+                log(f"step {step}: non-finite loss or gradient, update skipped")
+                if state["bad_in_a_row"] >= cfg.max_bad_steps:
+                    raise FloatingPointError(f"{state['bad_in_a_row']} non-finite steps in a row: "
+                                             "lower the learning rate or check the data")
+            history["steps"].append({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                                     "grad_norm": grad_norm, "skipped": not stepped, **stats})
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}")
+            if resume_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                save_checkpoint(resume_dir, accelerator.unwrap_model(model), tokenizer,
+                                train_state=({"model": optimizer}, {"model": scheduler}, state))
+            faults.point("step")
+        if evaluate is not None and epoch + 1 > len(history["epochs"]):
             model.eval()
             result = {"epoch": epoch + 1, "step": step, **evaluate(accelerator.unwrap_model(model))}
             history["epochs"].append(result)
-            log("epoch {epoch}: ".format(epoch=epoch + 1) + ", ".join(
-                f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)))
+            log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()
+                                                   if isinstance(v, float)))
         if step >= total:
             break
     bar.close()
-    history["train_seconds"] = time.time() - start
+    history["train_seconds"] = history.get("train_seconds", 0.0) + time.time() - start
     model = accelerator.unwrap_model(model)
     model.eval()
     free_gpu_cache()
