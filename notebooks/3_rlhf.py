@@ -149,7 +149,7 @@ print(f"{len(prompt_ids)} PPO prompts; gold judge: {'yes' if judge else 'no (not
 log = util.RunLog(util.stage_dir("logs"), "rlhf")
 actor, critic, history, samples = util.train_ppo((actor, reference, reward_model, critic), tokenizer,
                                                  prompt_ids, cfg, reward_stats, log=log, judge=judge,
-                                                 prompt_texts=prompt_texts)
+                                                 prompt_texts=prompt_texts, resume_dir=util.resume_dir("rlhf"))
 first, last = history[0], history[-1]
 for key in ("score", "gold", "kl", "response_length", "eos_rate", "clipfrac", "ratio_mean"):
     if key in last:
@@ -175,4 +175,5 @@ if cfg.lora_rank:
 metrics = {"preset": preset, "iterations": len(history), "first": first, "last": last,
            "history": history, "samples": samples}
 util.save_checkpoint(util.stage_dir("rlhf"), actor, tokenizer, configs=[cfg, data_cfg], metrics=metrics)
+util.clear_resume("rlhf")  # the stage is complete: a rerun starts afresh
 print("saved model/rlhf")

@@ -43,12 +43,12 @@ def write_json(path, obj) -> None:
 
 
 def save_checkpoint(out_dir, model=None, tokenizer=None, configs=(), metrics=None, files=None,
-                    train_state=None) -> Path:
+                    train_state=None, extra_models=None) -> Path:
     """Write a checkpoint folder atomically.
 
     model/tokenizer: saved with save_pretrained (safetensors); configs: stage config dataclasses,
     saved together as stage_config.json; metrics: dict saved as metrics.json; files: extra
-    {name: json-able object} written as JSON; train_state: (optimizers, schedulers, progress)
+    {name: json-able object} written as JSON; extra_models: {subfolder: model}; train_state: (optimizers, schedulers, progress)
     for a resumable periodic checkpoint (see save_train_state).
     """
     out = Path(out_dir)
@@ -66,6 +66,8 @@ def save_checkpoint(out_dir, model=None, tokenizer=None, configs=(), metrics=Non
         write_json(tmp / "metrics.json", metrics)
     for name, obj in (files or {}).items():
         write_json(tmp / name, obj)
+    for name, extra in (extra_models or {}).items():
+        extra.save_pretrained(tmp / name)
     if train_state is not None:
         save_train_state(tmp, *train_state)
     faults.point("save")

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import torch
 
-from . import ppo
+from . import faults, ppo
 from .rollout import make_rollout, response_logits, response_values
 
 
@@ -120,27 +120,72 @@ def make_optimizers(actor, critic, cfg):
     return (actor_opt, critic_opt), (LambdaLR(actor_opt, decay), LambdaLR(critic_opt, decay))
 
 
-def iterate_prompts(prompt_ids, batch: int, seed: int):
-    """Endless shuffled batches of prompt-id lists; reshuffled after each pass."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(prompt_ids), generator=generator).tolist()
-        for start in range(0, len(order) - batch + 1, batch):
-            yield [prompt_ids[i] for i in order[start:start + batch]]
+def prompt_batch(prompt_ids, batch: int, seed: int, iteration: int):
+    """The prompts of one iteration: shuffled passes over the prompts, a pure function of
+    (seed, iteration) so a resumed run draws exactly the batches it would have drawn."""
+    per_pass = max(1, len(prompt_ids) // batch)
+    epoch, index = divmod(iteration, per_pass)
+    order = torch.randperm(len(prompt_ids), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    return [prompt_ids[i] for i in order[index * batch:(index + 1) * batch].tolist()]
+
+
+def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, opts, accelerator, iteration):
+    """Rollout and update on one batch of prompt ids. Returns (rollout, stats)."""
+    from .data import collate_prompts
+
+    actor, _, _, critic = models
+    timer = Timer()
+    batch = {k: v.to(accelerator.device) for k, v in collate_prompts(ids, tokenizer.pad_token_id).items()}
+    rollout = make_rollout(models, tokenizer, batch["input_ids"], batch["attention_mask"], cfg,
+                           reward_stats, kl_coef, timer)
+    stats = {"iteration": iteration + 1, **rollout_stats(rollout, kl_coef)}
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + iteration)
+    with timer("train"):
+        update, skipped = ppo_update(actor, critic, rollout, cfg, opts, accelerator, generator)
+    stats.update(update, skipped_updates=skipped, **{f"time_{k}": v for k, v in timer.seconds.items()})
+    return rollout, stats
+
+
+def save_resume(resume_dir, actor, critic, tokenizer, opts, schedules, progress):
+    """The resumable PPO checkpoint: actor (weights or LoRA adapters), critic, optimisers, RNG."""
+    from .checkpoint import save_checkpoint
+
+    save_checkpoint(resume_dir, actor, tokenizer, extra_models={"critic": critic},
+                    train_state=(dict(zip(("actor", "critic"), opts)),
+                                 dict(zip(("actor", "critic"), schedules)), progress))
+
+
+def load_resume(resume_dir, actor, critic, opts, schedules, log):
+    """Progress restored from `resume_dir`, or a fresh start."""
+    from .checkpoint import has_train_state, load_train_state, load_weights
+
+    if not (resume_dir and has_train_state(resume_dir)):
+        return None
+    if hasattr(actor, "disable_adapter"):  # LoRA: only the adapters were saved
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        set_peft_model_state_dict(actor, load_file(f"{resume_dir}/adapter_model.safetensors"))
+    else:
+        load_weights(actor, resume_dir)
+    load_weights(critic, f"{resume_dir}/critic")
+    progress = load_train_state(resume_dir, dict(zip(("actor", "critic"), opts)),
+                                dict(zip(("actor", "critic"), schedules)))
+    log(f"resumed from {resume_dir} at iteration {progress['iteration']}")
+    return progress
 
 
 def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge=None,
-              prompt_texts=None, progress=True, on_checkpoint=None):
-    """Run cfg.iterations of PPO. Returns (history, samples).
+              prompt_texts=None, progress=True, resume_dir=None):
+    """Run cfg.iterations of PPO. Returns (actor, critic, history, samples).
 
     models: (actor, reference, reward, critic); reference None with LoRA. judge(prompt, text,
-    ended) -> gold score, logged when given (built-in data only). Stops with an error after
-    cfg.max_bad_updates consecutive iterations whose updates were all non-finite.
+    ended) -> gold score, logged when given (built-in data only). With `resume_dir`, a resumable
+    checkpoint is written every cfg.checkpoint_every iterations and a rerun continues from it.
+    Stops with an error after cfg.max_bad_updates iterations in a row with no finite update.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from .data import collate_prompts
     from .runtime import resolve_mixed_precision
 
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
@@ -150,47 +195,48 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge
     for frozen in (reference, reward_model):
         if frozen is not None:
             frozen.to(accelerator.device).eval().requires_grad_(False)
-    models = (actor, reference, reward_model, critic)
-    text_of = {tuple(ids): text for ids, text in zip(prompt_ids, prompt_texts or [])}
-    batches = iterate_prompts(prompt_ids, cfg.rollout_batch, cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    kl_coef, bad_in_a_row = cfg.kl_coef, 0
-    history, samples = [], []
-    for it in tqdm(range(cfg.iterations), desc="ppo", disable=not progress):
-        timer = Timer()
-        ids = next(batches)
-        batch = {k: v.to(accelerator.device) for k, v in collate_prompts(ids, tokenizer.pad_token_id).items()}
-        rollout = make_rollout(models, tokenizer, batch["input_ids"], batch["attention_mask"], cfg,
-                               reward_stats, kl_coef, timer)
-        stats = {"iteration": it + 1, **rollout_stats(rollout, kl_coef)}
-        with timer("train"):
-            update, skipped = ppo_update(actor, critic, rollout, cfg, opts, accelerator, generator)
+    state = load_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic),
+                        opts, schedules, log) or \
+        {"iteration": 0, "kl_coef": cfg.kl_coef, "bad_in_a_row": 0, "history": [], "samples": []}
+    text_of = {tuple(ids): text for ids, text in zip(prompt_ids, prompt_texts or [])}
+    for it in tqdm(range(state["iteration"], cfg.iterations), desc="ppo", disable=not progress,
+                   initial=state["iteration"], total=cfg.iterations):
+        ids = prompt_batch(prompt_ids, cfg.rollout_batch, cfg.seed, it)
+        rollout, stats = ppo_iteration((actor, reference, reward_model, critic), tokenizer, ids, cfg,
+                                       reward_stats, state["kl_coef"], opts, accelerator, it)
         for schedule in schedules:
             schedule.step()
-        stats.update(update, skipped_updates=skipped, **{f"time_{k}": v for k, v in timer.seconds.items()})
-        bad_in_a_row = bad_in_a_row + 1 if skipped and not update else 0
-        if skipped:
-            log(f"iteration {it + 1}: {skipped} update(s) skipped (non-finite loss or gradient)")
-        if bad_in_a_row >= cfg.max_bad_updates:
-            raise FloatingPointError(f"{bad_in_a_row} iterations in a row had only non-finite updates; "
-                                     "lower the learning rates or check the reward model")
-        texts, ended = _texts(rollout, tokenizer)
-        prompts = [text_of.get(tuple(i), "") for i in ids]
-        if judge is not None:
-            stats["gold"] = sum(judge(p, t, e) for p, t, e in zip(prompts, texts, ended)) / len(texts)
-        if cfg.adaptive_kl:
-            kl_coef = ppo.update_kl_coef(kl_coef, stats["kl"], cfg.target_kl, len(texts), cfg.kl_horizon)
-        history.append(stats)
-        log.record(stats) if hasattr(log, "record") else None
-        if it % cfg.log_samples_every == 0 or it == cfg.iterations - 1:
-            samples.append({"iteration": it + 1, "prompt": prompts[0], "response": texts[0],
-                            "score": float(rollout.raw_scores[0])})
-        if on_checkpoint and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0:
-            on_checkpoint(accelerator.unwrap_model(actor), accelerator.unwrap_model(critic), it + 1)
-    return accelerator.unwrap_model(actor), accelerator.unwrap_model(critic), history, samples
+        record_iteration(state, rollout, stats, [text_of.get(tuple(i), "") for i in ids], tokenizer,
+                         cfg, judge, log)
+        if resume_dir and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+            save_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic),
+                        tokenizer, opts, schedules, state)
+        faults.point("step")
+    return accelerator.unwrap_model(actor), accelerator.unwrap_model(critic), state["history"], state["samples"]
 
 
-def _texts(rollout, tokenizer):
+def record_iteration(state, rollout, stats, prompts, tokenizer, cfg, judge, log):
+    """Gold score, adaptive KL, skipped-update bookkeeping, logging and samples of one iteration."""
     from .generation import decode_responses
-    return decode_responses(rollout.responses.cpu(), tokenizer)
+
+    it = stats["iteration"]
+    texts, ended = decode_responses(rollout.responses.cpu(), tokenizer)
+    if judge is not None:
+        stats["gold"] = sum(judge(p, t, e) for p, t, e in zip(prompts, texts, ended)) / len(texts)
+    if stats["skipped_updates"]:
+        log(f"iteration {it}: {stats['skipped_updates']} update(s) skipped (non-finite loss or gradient)")
+    no_update = "policy_loss" not in stats  # every minibatch update of this iteration was skipped
+    state["bad_in_a_row"] = state["bad_in_a_row"] + 1 if no_update else 0
+    if state["bad_in_a_row"] >= cfg.max_bad_updates:
+        raise FloatingPointError(f"{state['bad_in_a_row']} iterations in a row had only non-finite "
+                                 "updates; lower the learning rates or check the reward model")
+    if cfg.adaptive_kl:
+        state["kl_coef"] = ppo.update_kl_coef(state["kl_coef"], stats["kl"], cfg.target_kl, len(texts), cfg.kl_horizon)
+    state["history"].append(stats)
+    if hasattr(log, "record"):
+        log.record(stats)
+    if (it - 1) % cfg.log_samples_every == 0 or it == cfg.iterations:
+        state["samples"].append({"iteration": it, "prompt": prompts[0], "response": texts[0],
+                                 "score": float(rollout.raw_scores[0])})
+    state["iteration"] = it

@@ -95,7 +95,7 @@ def resume(model, optimizer, scheduler, resume_dir, log) -> dict:
 
 
 def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, resume_dir=None,
-        tokenizer=None, progress_bar=True):
+        tokenizer=None, progress=True):
     """Train `model` on `train_items` for cfg.epochs; returns (model, history).
 
     evaluate(model) -> dict runs after each epoch. With `resume_dir`, a resumable checkpoint
@@ -114,7 +114,7 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
     model, optimizer = accelerator.prepare(model, optimizer)
     state = resume(accelerator.unwrap_model(model), optimizer, scheduler, resume_dir, log)
     history, micro = state["history"], state["micro"] or max(1, cfg.batch_size // cfg.grad_accum)
-    bar = tqdm(total=total, initial=state["step"], desc="train", disable=not progress_bar)
+    bar = tqdm(total=total, initial=state["step"], desc="train", disable=not progress)
     start, step = time.time(), 0
     for epoch in range(cfg.epochs):
         model.train()

@@ -1,0 +1,184 @@
+"""What both sides of the benchmark share: settings, models, data, clocks and the JSON line.
+
+This file imports only torch, tokenizers and transformers, so the project's interpreter and the
+TRL one (bench/.venv-trl) both run it. Both build the very same random-weight models and the
+very same random token ids from the same seeds, so the two sides do identical work.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3   # special ids of the benchmark vocabulary; real tokens are >= 4
+MARK = "BENCH "                   # a worker's result line starts with this
+
+# Model shapes (OPT decoders with random weights, built offline from OPTConfig).
+SHAPES = {
+    # the `tiny` preset's model, rlhf/config.py PRESETS["tiny"]["base"]
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024,
+                 vocab_size=2048, max_position_embeddings=256),
+    # facebook/opt-125m's shape
+    "opt-125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
+                     vocab_size=50272, max_position_embeddings=2048),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One measurement: the same on both sides. Every field is stated in the README."""
+    task: str                  # "sft", "rm" or "ppo"
+    shape: str                 # a key of SHAPES
+    precision: str = "fp32"    # "fp32", or "bf16" (bf16 autocast on both sides)
+    warmup: int = 1            # steps (iterations for PPO) run first and not timed
+    steps: int = 3             # timed steps (iterations)
+    seed: int = 0              # weights, data and sampling
+    lr: float = 1e-5           # AdamW learning rate on both sides (PPO: actor and critic alike)
+    batch: int = 8             # SFT sequences / RM pairs per optimiser step
+    seq_len: int = 128         # SFT and RM sequence length (every row exactly this long)
+    prompts: int = 16          # PPO prompts per iteration (one minibatch: all of them)
+    prompt_len: int = 32       # longest PPO prompt; the others are 1..prompts-1 shorter (left padding)
+    new_tokens: int = 32       # PPO response length, exactly: EOS is suppressed
+    ppo_epochs: int = 4        # PPO passes over each rollout
+    temperature: float = 1.0   # PPO sampling temperature
+
+    def to_argv(self) -> list[str]:
+        return ["--settings", json.dumps(asdict(self))]
+
+
+def parse_settings(argv=None) -> Settings:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--settings", required=True, help="Settings as JSON")
+    return Settings(**json.loads(parser.parse_args(argv).settings))
+
+
+# ----------------------------------------------------------------------------- models and data
+
+def make_tokenizer(vocab_size: int):
+    """A word-level tokenizer whose tokens are "t4", "t5", ...: a real fast tokenizer (TRL's
+    trainers want one) over a dummy vocabulary, with <pad>=0, <s>=1, </s>=2, <unk>=3."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": UNK}
+    vocab.update({f"t{i}": i for i in range(4, vocab_size)})
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+def opt_config(shape: str, **extra):
+    """OPTConfig of a shape; dropout 0 (TRL's RewardTrainer and PPO switch it off anyway)."""
+    from transformers import OPTConfig
+
+    s = SHAPES[shape]
+    return OPTConfig(**s, word_embed_proj_dim=s["hidden_size"], do_layer_norm_before=True,
+                     dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                     pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, **extra)
+
+
+def causal_lm(shape: str, seed: int):
+    from transformers import OPTForCausalLM
+
+    torch.manual_seed(seed)
+    return OPTForCausalLM(opt_config(shape))
+
+
+def scalar_head_model(shape: str, seed: int):
+    """A reward / value model: the decoder with a 1-output linear head."""
+    from transformers import OPTForSequenceClassification
+
+    torch.manual_seed(seed)
+    return OPTForSequenceClassification(opt_config(shape, num_labels=1))
+
+
+def suppress_eos(model, penalty: float = 1e4):
+    """Make EOS (practically) impossible at every position, so every response is exactly
+    `new_tokens` long on both sides: a forward hook on the LM head lowers the EOS logit."""
+    def hook(module, inputs, logits):
+        return logits.index_fill(-1, torch.tensor([EOS], device=logits.device), -penalty)
+    model.lm_head.register_forward_hook(hook)
+    return model
+
+
+def ppo_models(shape: str, seed: int):
+    """(actor, reference, reward, critic): four distinct objects; reference = copy of actor,
+    critic = copy of reward, as both the project and TRL initialise them."""
+    actor = suppress_eos(causal_lm(shape, seed))
+    reward = scalar_head_model(shape, seed + 1)
+    return actor, copy.deepcopy(actor), reward, copy.deepcopy(reward)
+
+
+def random_ids(n_rows: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """Rows of token ids drawn uniformly from the real tokens (never a special id)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, vocab_size, (n_rows, length), generator=g).tolist()
+
+
+def sft_rows(st: Settings, n_steps: int) -> list[list[int]]:
+    return random_ids(n_steps * st.batch, st.seq_len, SHAPES[st.shape]["vocab_size"], st.seed + 10)
+
+
+def pair_rows(st: Settings, n_steps: int) -> list[tuple[list[int], list[int]]]:
+    vocab, n = SHAPES[st.shape]["vocab_size"], n_steps * st.batch
+    chosen = random_ids(n, st.seq_len, vocab, st.seed + 20)
+    rejected = random_ids(n, st.seq_len, vocab, st.seed + 21)
+    return list(zip(chosen, rejected))
+
+
+def ppo_prompts(st: Settings) -> list[list[int]]:
+    """`prompts` prompts of lengths prompt_len, prompt_len-1, ...: bos + random tokens."""
+    vocab = SHAPES[st.shape]["vocab_size"]
+    rows = random_ids(st.prompts, st.prompt_len - 1, vocab, st.seed + 30)
+    return [[BOS] + row[:st.prompt_len - 1 - i] for i, row in enumerate(rows)]
+
+
+# ----------------------------------------------------------------------------- accounting
+
+def matmul_params(model) -> int:
+    """Weights that take part in a matmul per token: every nn.Linear, the tied LM head
+    included (the embedding lookup and position table cost no FLOPs)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StepClock:
+    """Timestamps of step ends; `durations` are the gaps between them (the first step's start
+    is the time of `start()`)."""
+
+    def __init__(self):
+        self.marks = []
+
+    def start(self):
+        self.marks = [time.perf_counter()]
+
+    def tick(self, *args, **kwargs):
+        self.marks.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def emit(st: Settings, side: str, step_seconds: list[float], params: dict, **extra) -> None:
+    """Print the worker's one result line: timed steps only (the warm-up dropped)."""
+    timed = step_seconds[st.warmup:]
+    if len(timed) != st.steps:
+        raise RuntimeError(f"expected {st.steps} timed steps after {st.warmup} warm-up, got "
+                           f"{len(step_seconds)} steps in all")
+    line = {"side": side, "settings": asdict(st), "step_seconds": timed, "params": params,
+            "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, **extra}
+    sys.stdout.write(MARK + json.dumps(line) + "\n")
+    sys.stdout.flush()

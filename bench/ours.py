@@ -1,0 +1,112 @@
+"""The project's side of the benchmark: one measurement, one JSON line.
+
+    python bench/ours.py --settings '{"task": "sft", "shape": "tiny", ...}'
+
+Runs the project's own training functions unchanged: rlhf.train.fit with rlhf.sft.sft_loss_fn /
+rlhf.reward.reward_loss_fn and the rlhf.data collate functions, and rlhf.ppo_loop.train_ppo.
+Nothing in them is patched. A step's time is read from where the project's functions call back into
+the benchmark: SFT/RM steps run from one call of `collate` (each optimiser step collates its batch
+first) to the next, so fit runs one extra, untimed step; a PPO iteration ends at train_ppo's
+`log.record`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for `rlhf`
+
+from common import (PAD, StepClock, causal_lm, emit, make_tokenizer, matmul_params,  # noqa: E402
+                    pair_rows, parse_settings, ppo_models, ppo_prompts, scalar_head_model,
+                    sft_rows, SHAPES)
+
+SIDE = "ours"
+MIXED = {"fp32": "no", "bf16": "bf16"}  # Settings.precision -> the project's mixed_precision
+
+
+def fit_config(stage: str, st):
+    """The stage's config at the benchmark's settings: one epoch of warmup + steps + 1 steps."""
+    from rlhf.config import make_config
+
+    return make_config(stage, "opt-125m", lr=st.lr, batch_size=st.batch, grad_accum=1, epochs=1,
+                       max_steps=st.warmup + st.steps + 1, weight_decay=0.0, max_grad_norm=1.0,
+                       mixed_precision=MIXED[st.precision], gradient_checkpointing=False,
+                       checkpoint_every=0)
+
+
+def run_fit(model, items, collate, loss_fn, cfg, st, extra):
+    """fit as the notebooks call it, with a collate that stamps the start of every step."""
+    from rlhf.train import fit
+
+    clock = StepClock()
+
+    def timed_collate(chunk):
+        clock.tick()
+        return collate(chunk)
+
+    fit(model, items, timed_collate, loss_fn, cfg, log=lambda m: None, progress=False)
+    emit(st, SIDE, clock.durations()[:st.warmup + st.steps], {"model": matmul_params(model)}, **extra)
+
+
+def bench_sft(st):
+    from rlhf.data import collate_sft
+    from rlhf.sft import sft_loss_fn
+
+    n = st.warmup + st.steps + 1
+    items = [dict(input_ids=ids, labels=ids) for ids in sft_rows(st, n)]  # every token labelled
+    model = causal_lm(st.shape, st.seed)
+    run_fit(model, items, lambda chunk: collate_sft(chunk, PAD), sft_loss_fn,
+            fit_config("actor", st), st, {"tokens_per_step": st.batch * st.seq_len})
+
+
+def bench_rm(st):
+    from rlhf.data import collate_pairs
+    from rlhf.reward import reward_loss_fn
+
+    n = st.warmup + st.steps + 1
+    items = [dict(chosen_ids=c, rejected_ids=r) for c, r in pair_rows(st, n)]
+    model = scalar_head_model(st.shape, st.seed)
+    run_fit(model, items, lambda chunk: collate_pairs(chunk, PAD), reward_loss_fn,
+            fit_config("critic", st), st, {"pairs_per_step": st.batch})
+
+
+class IterationLog:
+    """The `log` train_ppo takes: ignores messages, timestamps each iteration's record."""
+
+    def __init__(self):
+        self.clock, self.records = StepClock(), []
+
+    def __call__(self, message):
+        pass
+
+    def record(self, stats):
+        self.clock.tick()
+        self.records.append(stats)
+
+
+def bench_ppo(st):
+    from rlhf.config import make_config
+    from rlhf.ppo_loop import train_ppo
+    from rlhf.rollout import disable_dropout
+
+    cfg = make_config("ppo", "opt-125m", iterations=st.warmup + st.steps,
+                      rollout_batch=st.prompts, minibatch=st.prompts, ppo_epochs=st.ppo_epochs,
+                      max_new_tokens=st.new_tokens, temperature=st.temperature,
+                      actor_lr=st.lr, critic_lr=st.lr, mixed_precision=MIXED[st.precision],
+                      log_samples_every=10**6, seed=st.seed)
+    models = tuple(disable_dropout(m) for m in ppo_models(st.shape, st.seed))
+    tokenizer = make_tokenizer(SHAPES[st.shape]["vocab_size"])
+    log = IterationLog()
+    log.clock.start()
+    train_ppo(models, tokenizer, ppo_prompts(st), cfg, {"mean": 0.0, "std": 1.0}, log=log,
+              progress=False)
+    timed = log.records[st.warmup:]
+    phases = {p: [r[f"time_{p}"] for r in timed] for p in ("generate", "score", "train")}
+    lengths = [r["response_length"] for r in timed]
+    params = dict(zip(("actor", "reference", "reward", "critic"), map(matmul_params, models)))
+    emit(st, SIDE, log.clock.durations(), params, phases=phases, response_length=lengths)
+
+
+if __name__ == "__main__":
+    settings = parse_settings()
+    {"sft": bench_sft, "rm": bench_rm, "ppo": bench_ppo}[settings.task](settings)
