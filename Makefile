@@ -8,7 +8,7 @@ DATA   ?= dataset
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: run test notebooks dataset clean
+.PHONY: run test faults notebooks dataset clean
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests
+
+faults: $(BIN)/.installed
+	$(BIN)/python -m pytest -q tests/test_faults.py; status=$$?; $(BIN)/python tools/fault_report.py; exit $$status
 
 notebooks: $(BIN)/.installed
 	$(BIN)/python tools/build_notebooks.py

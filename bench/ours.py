@@ -5,8 +5,8 @@
 Runs the project's own training functions unchanged: rlhf.train.fit with rlhf.sft.sft_loss_fn /
 rlhf.reward.reward_loss_fn and the rlhf.data collate functions, and rlhf.ppo_loop.train_ppo.
 Nothing in them is patched. A step's time is read from where the project's functions call back into
-the benchmark: SFT/RM steps run from one call of `collate` (each optimiser step collates its batch
-first) to the next, so fit runs one extra, untimed step; a PPO iteration ends at train_ppo's
+the benchmark: an SFT/RM step runs from one call of `collate` (each optimiser step collates its
+batch first) to the next, the last one to fit's return; a PPO iteration ends at train_ppo's
 `log.record`.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ MIXED = {"fp32": "no", "bf16": "bf16"}  # Settings.precision -> the project's mi
 
 
 def fit_config(stage: str, st):
-    """The stage's config at the benchmark's settings: one epoch of warmup + steps + 1 steps."""
+    """The stage's config at the benchmark's settings: one epoch of warmup + steps steps."""
     from rlhf.config import make_config
 
     return make_config(stage, "opt-125m", lr=st.lr, batch_size=st.batch, grad_accum=1, epochs=1,
-                       max_steps=st.warmup + st.steps + 1, weight_decay=0.0, max_grad_norm=1.0,
+                       max_steps=st.warmup + st.steps, weight_decay=0.0, max_grad_norm=1.0,
                        mixed_precision=MIXED[st.precision], gradient_checkpointing=False,
                        checkpoint_every=0)
 
@@ -45,14 +45,15 @@ def run_fit(model, items, collate, loss_fn, cfg, st, extra):
         return collate(chunk)
 
     fit(model, items, timed_collate, loss_fn, cfg, log=lambda m: None, progress=False)
-    emit(st, SIDE, clock.durations()[:st.warmup + st.steps], {"model": matmul_params(model)}, **extra)
+    clock.tick()
+    emit(st, SIDE, clock.durations(), {"model": matmul_params(model)}, **extra)
 
 
 def bench_sft(st):
     from rlhf.data import collate_sft
     from rlhf.sft import sft_loss_fn
 
-    n = st.warmup + st.steps + 1
+    n = st.warmup + st.steps
     items = [dict(input_ids=ids, labels=ids) for ids in sft_rows(st, n)]  # every token labelled
     model = causal_lm(st.shape, st.seed)
     run_fit(model, items, lambda chunk: collate_sft(chunk, PAD), sft_loss_fn,
@@ -63,7 +64,7 @@ def bench_rm(st):
     from rlhf.data import collate_pairs
     from rlhf.reward import reward_loss_fn
 
-    n = st.warmup + st.steps + 1
+    n = st.warmup + st.steps
     items = [dict(chosen_ids=c, rejected_ids=r) for c, r in pair_rows(st, n)]
     model = scalar_head_model(st.shape, st.seed)
     run_fit(model, items, lambda chunk: collate_pairs(chunk, PAD), reward_loss_fn,

@@ -42,19 +42,19 @@ def step_clock_callback(clock: StepClock):
 
 
 def run_trainer(trainer, st, model, extra):
-    """Train for warmup + steps + 1 steps; a step runs from one on_step_begin to the next."""
+    """A step runs from one on_step_begin to the next, the last one to train()'s return."""
     clock = StepClock()
     trainer.add_callback(step_clock_callback(clock))
     trainer.train()
-    emit(st, SIDE, clock.durations()[:st.warmup + st.steps], {"model": matmul_params(model)},
-         **extra)
+    clock.tick()
+    emit(st, SIDE, clock.durations(), {"model": matmul_params(model)}, **extra)
 
 
 def bench_sft(st):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    n = st.warmup + st.steps + 1
+    n = st.warmup + st.steps
     data = Dataset.from_dict({"input_ids": sft_rows(st, n)})  # tokenised: every token labelled
     model = causal_lm(st.shape, st.seed)
     with tempfile.TemporaryDirectory() as out:
@@ -70,7 +70,7 @@ def bench_rm(st):
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    n = st.warmup + st.steps + 1
+    n = st.warmup + st.steps
     pairs = pair_rows(st, n)
     data = Dataset.from_dict({"chosen_ids": [c for c, _ in pairs], "rejected_ids": [r for _, r in pairs]})
     model = scalar_head_model(st.shape, st.seed)
@@ -97,8 +97,8 @@ class PPOPhases:
             start = time.perf_counter()
             out = generate(*args, **kwargs)
             self.gen_end = time.perf_counter()
-            self.row = {"generate": self.gen_end - start}
-            return out
+            self.row = {"generate": self.gen_end - start, "response_width": out[1].shape[1]}
+            return out  # (query_responses, logits (B, R, V))
 
         def timed_forward(model, *args, **kwargs):
             if isinstance(model, module.PolicyAndValueWrapper) and "score" not in self.row:
@@ -152,7 +152,7 @@ def bench_ppo(st):
                       map(matmul_params, (actor, reference, reward, critic))))
     emit(st, SIDE, phases.clock.durations(),
          params, phases={p: [r[p] for r in timed] for p in ("generate", "score", "train")},
-         response_length=[float(st.new_tokens)] * len(timed))
+         response_length=[float(r["response_width"]) for r in timed])
 
 
 if __name__ == "__main__":

@@ -151,6 +151,7 @@ class EncodeSummary:
     skipped: int = 0              # rows dropped: no pair, or no response token fits
     truncated_prompts: int = 0    # rows whose prompt was cut from the left
     truncated_responses: int = 0  # responses cut on the right (these lose their EOS)
+    truncated_rows: int = 0       # rows that lost anything to truncation
     mean_tokens: float = 0.0      # mean length of the sequences kept
     max_tokens: int = 0           # longest sequence kept
 
@@ -205,6 +206,11 @@ def _finish(summary: EncodeSummary, seqs: list[list[int]], could_keep: bool) -> 
         raise DataError(f"every row is too long for max_length={summary.max_length}: no "
                         f"response token fits after a prompt of up to "
                         f"max_prompt_length={summary.max_prompt_length} tokens")
+    if summary.rows - summary.skipped > 1 and summary.truncated_rows >= summary.rows - summary.skipped:
+        raise DataError(f"every one of the {summary.rows} rows is too long for "
+                        f"max_length={summary.max_length} / max_prompt_length="
+                        f"{summary.max_prompt_length} tokens: raise DataConfig.max_length or "
+                        "shorten the data")
     lengths = [len(s) for s in seqs] or [0]
     summary.mean_tokens, summary.max_tokens = sum(lengths) / len(lengths), max(lengths)
     return summary
@@ -223,6 +229,7 @@ def encode_sft(rows, tokenizer, max_length: int, max_prompt_length: int):
                                                        max_length)
         summary.truncated_prompts += cut
         summary.truncated_responses += cut_response
+        summary.truncated_rows += bool(cut or cut_response)
         if n_response == 0:
             summary.skipped += 1  # nothing left to learn from
             continue
@@ -248,6 +255,7 @@ def encode_pairs(rows, tokenizer, max_length: int, max_prompt_length: int):
         rejected, n_r, cut_r = build_sequence(tokenizer, prompt_ids, row["rejected"], max_length)
         summary.truncated_prompts += cut
         summary.truncated_responses += cut_c + cut_r
+        summary.truncated_rows += bool(cut or cut_c or cut_r)
         if n_c == 0 or n_r == 0:
             summary.skipped += 1
             continue

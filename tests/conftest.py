@@ -30,3 +30,35 @@ def tiny_tokenizer():
     ids = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
     assert len(ids) == 3 and None not in ids
     return tokenizer
+
+
+# ----------------------------------------------------------------------------- running the notebooks
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["0_download", "1_actor", "2_critic", "3_rlhf", "4_test"]
+
+
+def copy_project(dest: Path) -> Path:
+    """A scratch copy of what the notebooks need, so tests never touch the user's model/."""
+    for name in ["util.py", "rlhf", "dataset", "tools", *[f"{n}.ipynb" for n in NOTEBOOKS]]:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dest / name)
+    return dest
+
+
+def run_stage_process(project: Path, stages: str, preset: str = "ci", data: str = "dataset",
+                      env: dict | None = None, timeout: int = 300):
+    """Run notebooks (e.g. "1" or "2 3") as a real subprocess; returns CompletedProcess."""
+    import os
+    import subprocess
+
+    cmd = [sys.executable, str(project / "tools" / "run_pipeline.py"), "--preset", preset,
+           "--data", data, "--only", *stages.split()]
+    return subprocess.run(cmd, cwd=project, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,7 +1,6 @@
 """The real entry point at toy size: all five notebooks, headless, on the `ci` preset, in a
 scratch copy of the project (the user's model/ folder is never touched)."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["0_download", "1_actor", "2_critic", "3_rlhf", "4_test"]
-
-
-def copy_project(dest: Path) -> Path:
-    for name in ["util.py", "rlhf", "dataset", "tools", *[f"{n}.ipynb" for n in NOTEBOOKS]]:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
-    return dest
+from conftest import NOTEBOOKS, ROOT, copy_project
 
 
 @pytest.fixture(scope="module")
