@@ -155,30 +155,37 @@ def peak_rss_mib() -> float:
 
 
 class StepClock:
-    """Timestamps of step ends; `durations` are the gaps between them (the first step's start
-    is the time of `start()`)."""
+    """Wall-clock marks between steps; `durations` are the gaps between them. It also keeps the
+    process's CPU time (all threads) at each mark: CPU seconds / (wall seconds x threads) well
+    below 1 means other processes took cores from the measurement."""
 
     def __init__(self):
-        self.marks = []
+        self.marks, self.cpu = [], []
 
     def start(self):
-        self.marks = [time.perf_counter()]
+        self.marks, self.cpu = [], []
+        self.tick()
 
     def tick(self, *args, **kwargs):
         self.marks.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
     def durations(self) -> list[float]:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
+    def cpu_durations(self) -> list[float]:
+        return [b - a for a, b in zip(self.cpu, self.cpu[1:])]
 
-def emit(st: Settings, side: str, step_seconds: list[float], params: dict, **extra) -> None:
+
+def emit(st: Settings, side: str, clock: StepClock, params: dict, **extra) -> None:
     """Print the worker's one result line: timed steps only (the warm-up dropped)."""
-    timed = step_seconds[st.warmup:]
+    timed, cpu = clock.durations()[st.warmup:], clock.cpu_durations()[st.warmup:]
     if len(timed) != st.steps:
         raise RuntimeError(f"expected {st.steps} timed steps after {st.warmup} warm-up, got "
-                           f"{len(step_seconds)} steps in all")
+                           f"{len(clock.durations())} steps in all")
+    threads = torch.get_num_threads()
     line = {"side": side, "settings": asdict(st), "step_seconds": timed, "params": params,
-            "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, **extra}
+            "peak_rss_mib": peak_rss_mib(), "threads": threads, "torch": torch.__version__,
+            "cpu_busy": sum(cpu) / (sum(timed) * threads), **extra}
     sys.stdout.write(MARK + json.dumps(line) + "\n")
     sys.stdout.flush()

@@ -46,7 +46,7 @@ def run_fit(model, items, collate, loss_fn, cfg, st, extra):
 
     fit(model, items, timed_collate, loss_fn, cfg, log=lambda m: None, progress=False)
     clock.tick()
-    emit(st, SIDE, clock.durations(), {"model": matmul_params(model)}, **extra)
+    emit(st, SIDE, clock, {"model": matmul_params(model)}, **extra)
 
 
 def bench_sft(st):
@@ -105,7 +105,7 @@ def bench_ppo(st):
     phases = {p: [r[f"time_{p}"] for r in timed] for p in ("generate", "score", "train")}
     lengths = [r["response_length"] for r in timed]
     params = dict(zip(("actor", "reference", "reward", "critic"), map(matmul_params, models)))
-    emit(st, SIDE, log.clock.durations(), params, phases=phases, response_length=lengths)
+    emit(st, SIDE, log.clock, params, phases=phases, response_length=lengths)
 
 
 if __name__ == "__main__":

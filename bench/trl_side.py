@@ -47,7 +47,7 @@ def run_trainer(trainer, st, model, extra):
     trainer.add_callback(step_clock_callback(clock))
     trainer.train()
     clock.tick()
-    emit(st, SIDE, clock.durations(), {"model": matmul_params(model)}, **extra)
+    emit(st, SIDE, clock, {"model": matmul_params(model)}, **extra)
 
 
 def bench_sft(st):
@@ -150,8 +150,8 @@ def bench_ppo(st):
     timed = phases.rows[st.warmup:]
     params = dict(zip(("actor", "reference", "reward", "critic"),
                       map(matmul_params, (actor, reference, reward, critic))))
-    emit(st, SIDE, phases.clock.durations(),
-         params, phases={p: [r[p] for r in timed] for p in ("generate", "score", "train")},
+    emit(st, SIDE, phases.clock, params,
+         phases={p: [r[p] for r in timed] for p in ("generate", "score", "train")},
          response_length=[float(r["response_width"]) for r in timed])
 
 

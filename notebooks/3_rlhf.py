@@ -111,6 +111,8 @@ actor = disable_dropout(AutoModelForCausalLM.from_pretrained(actor_dir))
 reward_model = disable_dropout(AutoModelForSequenceClassification.from_pretrained(critic_dir)).eval()
 critic = disable_dropout(AutoModelForSequenceClassification.from_pretrained(critic_dir))
 reward_stats = util.read_json(f"{critic_dir}/reward_stats.json")
+for name, model in (("actor", actor), ("critic", critic)):
+    util.check_tokenizer_matches(model, tokenizer, f"model/{name}")
 if cfg.lora_rank:
     from peft import LoraConfig, get_peft_model
     actor = get_peft_model(actor, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,

@@ -109,12 +109,15 @@ def rollout_stats(rollout, kl_coef):
 
 
 def make_optimizers(actor, critic, cfg):
-    """Separate AdamW optimisers and linear-to-zero schedules for actor and critic."""
+    """Separate AdamW optimisers and linear-to-zero schedules for actor and critic.
+
+    train_ppo steps the schedules once per iteration, so iteration i trains at
+    lr * (1 - i / iterations): the last at lr / iterations, and the run ends at 0.
+    """
     from torch.optim import AdamW
     from torch.optim.lr_scheduler import LambdaLR
 
-    updates = cfg.iterations * cfg.ppo_epochs * (cfg.rollout_batch // cfg.minibatch)
-    decay = lambda step: max(0.0, 1.0 - step / updates)
+    decay = lambda iteration: max(0.0, 1.0 - iteration / cfg.iterations)
     actor_opt = AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.actor_lr, eps=1e-5)
     critic_opt = AdamW([p for p in critic.parameters() if p.requires_grad], lr=cfg.critic_lr, eps=1e-5)
     return (actor_opt, critic_opt), (LambdaLR(actor_opt, decay), LambdaLR(critic_opt, decay))

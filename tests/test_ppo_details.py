@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, OPTConfig
 
 from rlhf import ppo
@@ -169,7 +170,7 @@ def test_score_lands_on_the_last_token_and_returns_it_there(models, tiny_tokeniz
     assert rollout.returns.mul(1 - rollout.mask).abs().max() == 0
 
 
-def test_critic_copied_from_the_reward_model_reads_values_one_step_early(models, tiny_tokenizer, monkeypatch):  # [21]
+def test_critic_copied_from_the_rm_reads_values_one_step_early(models, tiny_tokenizer, monkeypatch):  # [21]
     eos = tiny_tokenizer.eos_token_id
     script_responses(monkeypatch, models[0], torch.tensor([[5, 6, eos, 8, 9], [5, 6, 7, eos, 9]] * 2))
     rollout = rollout_of(models, tiny_tokenizer, make_config("ppo", "ci", max_new_tokens=5))
@@ -194,17 +195,18 @@ def count_update(models, cfg, rollout):
     opts, _ = make_optimizers(actor, critic, cfg)
     steps, rows = [], []
     opts[0].register_step_pre_hook(lambda opt, args, kwargs: steps.append(1))
-    actor.register_forward_pre_hook(lambda m, args, kwargs: rows.extend(map(tuple, kwargs["input_ids"].tolist())),
-                                    with_kwargs=True)
-    from accelerate import Accelerator
-    stats, skipped = ppo_update(actor, critic, rollout, cfg, opts, Accelerator(), torch.Generator().manual_seed(0))
+    actor.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.extend(map(tuple, kwargs["input_ids"].tolist())), with_kwargs=True)
+    generator = torch.Generator().manual_seed(0)
+    stats, skipped = ppo_update(actor, critic, rollout, cfg, opts, Accelerator(), generator)
     assert skipped == 0
     return len(steps), rows, stats
 
 
 @pytest.mark.parametrize("batch, mini, epochs, expected_steps", [(4, 4, 1, 1), (8, 4, 2, 4)])
 def test_every_row_is_seen_once_per_epoch(models, tiny_tokenizer, batch, mini, epochs, expected_steps):  # [22]
-    cfg = make_config("ppo", "ci", rollout_batch=batch, minibatch=mini, ppo_epochs=epochs, max_new_tokens=4)
+    cfg = make_config("ppo", "ci", rollout_batch=batch, minibatch=mini, ppo_epochs=epochs,
+                      max_new_tokens=4)
     rollout = rollout_of(models, tiny_tokenizer, cfg, n=batch)
     steps, rows, _ = count_update(models, cfg, rollout)
     assert steps == expected_steps
@@ -222,36 +224,35 @@ def test_gradients_are_clipped_and_the_pre_clip_norm_is_reported(models, tiny_to
     at_step = {}
     opts[0].register_step_pre_hook(lambda opt, args, kwargs: at_step.update(actor=float(grad_norm(actor))))
     opts[1].register_step_pre_hook(lambda opt, args, kwargs: at_step.update(critic=float(grad_norm(critic))))
-    from accelerate import Accelerator
-    stats, _ = ppo_update(actor, critic, rollout, cfg, opts, Accelerator(), torch.Generator().manual_seed(0))
+    stats, _ = ppo_update(actor, critic, rollout, cfg, opts, Accelerator(), torch.Generator().manual_seed(1))
     for name in ("actor", "critic"):
         assert stats[f"{name}_grad_norm"] > 10 * cfg.max_grad_norm   # reported: the norm before clipping
         assert at_step[name] <= cfg.max_grad_norm * (1 + 1e-4)        # applied: the clipped gradient
         assert at_step[name] == pytest.approx(cfg.max_grad_norm, rel=1e-3)
 
 
-def run_ppo(tokenizer, **overrides):
-    """(cfg, history) of a short train_ppo run on fresh models."""
+def run_ppo(tokenizer, draws=0, **overrides):
+    """(cfg, history) of a short train_ppo run on fresh models, after `draws` unrelated random
+    numbers (train_ppo must seed itself, not rely on the caller's RNG state)."""
     cfg = make_config("ppo", "ci", **{"iterations": 3, "max_new_tokens": 6, "rollout_batch": 8,
                                       "minibatch": 4, **overrides})
-    _, _, history, _ = train_ppo(make_models(tokenizer), tokenizer, prompt_ids(tokenizer, 8), cfg,
+    models = make_models(tokenizer)
+    torch.rand(draws)
+    _, _, history, _ = train_ppo(models, tokenizer, prompt_ids(tokenizer, 8), cfg,
                                  STATS, log=lambda message: None, progress=False)
     return cfg, history
 
 
 def test_learning_rate_anneals_linearly_to_zero(tiny_tokenizer, monkeypatch):          # [23]
     lrs = []
-    real = make_optimizers
 
     def spy(*args):
-        opts, schedules = real(*args)
-        opts[0].register_step_pre_hook(lambda opt, a, k: lrs.append(opt.param_groups[0]["lr"]))
+        opts, schedules = make_optimizers(*args)
+        opts[0].register_step_pre_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
         spy.opts = opts
         return opts, schedules
     monkeypatch.setattr(ppo_loop, "make_optimizers", spy)
-    cfg = make_config("ppo", "ci", iterations=3, max_new_tokens=4, rollout_batch=8, minibatch=4, ppo_epochs=2)
-    train_ppo(make_models(tiny_tokenizer), tiny_tokenizer, prompt_ids(tiny_tokenizer, 8), cfg, STATS,
-              log=lambda message: None, progress=False)
+    cfg, _ = run_ppo(tiny_tokenizer, ppo_epochs=2, max_new_tokens=4)
     steps = cfg.iterations * cfg.ppo_epochs * cfg.rollout_batch // cfg.minibatch
     assert len(lrs) == steps and lrs[0] == cfg.actor_lr
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
@@ -261,22 +262,25 @@ def test_learning_rate_anneals_linearly_to_zero(tiny_tokenizer, monkeypatch):   
 
 def test_smoke_run_is_deterministic_and_takes_small_steps(tiny_tokenizer):             # [24, 28]
     _, first = run_ppo(tiny_tokenizer)
-    _, second = run_ppo(tiny_tokenizer)
+    _, second = run_ppo(tiny_tokenizer, draws=3)
+    _, other_seed = run_ppo(tiny_tokenizer, seed=7, iterations=1)
     strip = lambda h: [{k: v for k, v in row.items() if not k.startswith("time_")} for row in h]
     assert strip(first) == strip(second)                             # same seed: same metrics, bit for bit
+    assert strip(first)[0] != strip(other_seed)[0]                   # and the seed is what decides them
     for row in first:
         assert row["approx_kl"] < 0.1 and row["clipfrac"] < 0.5, row
 
 
 def test_adaptive_kl_coef_follows_the_controller(tiny_tokenizer):                       # [14]
     cfg, history = run_ppo(tiny_tokenizer, adaptive_kl=True, target_kl=0.5, kl_horizon=20,
-                              ppo_epochs=1, minibatch=8)
+                           ppo_epochs=1, minibatch=8)
     assert history[0]["kl_coef"] == cfg.kl_coef
     for before, after in zip(history, history[1:]):
         expected = ppo.update_kl_coef(before["kl_coef"], before["kl"], cfg.target_kl, cfg.rollout_batch,
                                       cfg.kl_horizon)
         assert after["kl_coef"] == pytest.approx(expected, rel=1e-12)
-    assert history[1]["kl_coef"] == pytest.approx(cfg.kl_coef * (1 - 0.2 * 8 / 20))  # KL 0 < target: beta falls
+    # iteration 1 has KL 0 (policy = reference), far below target: beta falls by the full 20%
+    assert history[1]["kl_coef"] == pytest.approx(cfg.kl_coef * (1 - 0.2 * 8 / 20))
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -297,6 +301,7 @@ def test_lora_trains_only_adapters_and_the_reference_is_the_base(tiny_tokenizer)
                                      prompt_ids(tiny_tokenizer, 8), cfg, STATS, log=lambda m: None,
                                      progress=False)
     assert len(history) == 2
+    assert abs(history[0]["kl"]) < 1e-6 and abs(history[1]["kl"]) > 1e-6  # KL against the adapter-free base
     changed = {k for k, v in actor.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all("lora_" in k for k in changed)
     # the reference (adapters off) is exactly the original actor; the trained policy is not
@@ -304,14 +309,15 @@ def test_lora_trains_only_adapters_and_the_reference_is_the_base(tiny_tokenizer)
     mask, P = torch.ones_like(seq), seq.shape[1] - 4
     base = ppo.logprobs_from_logits(response_logits(original, seq, mask, P), seq[:, P:])
     with torch.no_grad():
-        torch.testing.assert_close(reference_logprobs(actor, None, seq, mask, P, 1.0), base, atol=1e-6, rtol=0)
+        reference = reference_logprobs(actor, None, seq, mask, P, 1.0)
+        torch.testing.assert_close(reference, base, atol=1e-6, rtol=0)
         policy = ppo.logprobs_from_logits(response_logits(actor, seq, mask, P), seq[:, P:])
     assert not torch.allclose(policy, base, atol=1e-6)
     # merging: a plain model with the trained policy; an untrained adapter merges to the original
     merged = actor.merge_and_unload()
     assert isinstance(merged, type(original))
-    torch.testing.assert_close(ppo.logprobs_from_logits(response_logits(merged, seq, mask, P), seq[:, P:]),
-                               policy, atol=1e-5, rtol=0)
+    merged_logprobs = ppo.logprobs_from_logits(response_logits(merged, seq, mask, P), seq[:, P:])
+    torch.testing.assert_close(merged_logprobs, policy, atol=1e-5, rtol=0)
     differs = {k for k, v in merged.state_dict().items() if not torch.equal(original.state_dict()[k], v)}
     assert differs and all(k.endswith("proj.weight") or ".fc" in k for k in differs)
     plain = untouched.merge_and_unload().state_dict()
