@@ -108,7 +108,9 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
     accelerator = make_accelerator(cfg.mixed_precision)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    per_epoch = math.ceil(len(train_items) / cfg.batch_size)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = cfg.batch_size * world  # each process takes cfg.batch_size items of a step
+    per_epoch = math.ceil(len(train_items) / global_batch)
     total = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
     optimizer, scheduler = make_optimizer(model, cfg, total)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -118,13 +120,13 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
     start, step = time.time(), 0
     for epoch in range(cfg.epochs):
         model.train()
-        for indices in step_batches(len(train_items), cfg.batch_size, epoch, cfg.seed):
+        for indices in step_batches(len(train_items), global_batch, epoch, cfg.seed):
             if step >= total:
                 break
             step += 1
             if step <= state["step"]:
                 continue  # done before the interruption
-            items = [train_items[i] for i in indices]
+            items = [train_items[i] for i in (indices[rank::world] or indices[:1])]
             stats, micro = robust_step(model, items, collate, loss_fn, accelerator, optimizer, micro, log)
             stepped, grad_norm = apply_step(model, stats, accelerator, optimizer, cfg)
             scheduler.step()
@@ -138,7 +140,8 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
                                      "grad_norm": grad_norm, "skipped": not stepped, **stats})
             bar.update(1)
             bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}")
-            if resume_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+            if resume_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total \
+                    and accelerator.is_main_process:
                 save_checkpoint(resume_dir, accelerator.unwrap_model(model), tokenizer,
                                 train_state=({"model": optimizer}, {"model": scheduler}, state))
             faults.point("step")
