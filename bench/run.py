@@ -135,6 +135,31 @@ def table(figures: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------- main
 
+def others_busy(seconds: float = 1.0) -> float | None:
+    """Share of all cores busy over `seconds` (Linux /proc/stat); between measurements that is
+    other processes' load. None where /proc/stat is missing."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return None
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.25) -> float | None:
+    """Wait (at most max_wait s) until other processes use under `threshold` of the cores."""
+    deadline = time.time() + max_wait
+    busy = others_busy()
+    while busy is not None and busy > threshold and time.time() < deadline:
+        busy = others_busy(5.0)
+    return busy
+
+
 def measure_peak(python: str) -> dict:
     out = subprocess.run([python, str(BENCH / "peak.py")], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -148,63 +173,86 @@ def versions(python: str, extra_path: str | None = None) -> str:
     return out.stdout.strip()
 
 
-def main():
+def measure(st: Settings, args) -> tuple[dict, list]:
+    """`args.runs` fresh processes per side, alternating which side goes first.
+    Returns ({side: [worker line, ...]}, raw records)."""
+    lines, raw = {"ours": [], "trl": []}, []
+    for run in range(args.runs):
+        for side in (("ours", "trl") if run % 2 == 0 else ("trl", "ours")):
+            busy_before = wait_quiet(args.quiet_wait)
+            started = time.time()
+            line = worker(side, replace(st, seed=run), args.python, args.timeout)
+            print(f"[{st.shape} {st.precision} {st.task}] run {run + 1} {side}: "
+                  f"{time.time() - started:.0f} s, CPU busy {line['cpu_busy']:.2f}", file=sys.stderr)
+            lines[side].append(line)
+            raw.append({"figure": "raw", "others_busy_before": busy_before, **line})
+    return lines, raw
+
+
+def figures_of(st: Settings, lines: dict, peak: dict) -> list[dict]:
+    """One record per figure: both sides' median, range and share of peak, and the ratio."""
+    per_side = {side: [run_figures(line) for line in runs] for side, runs in lines.items()}
+    out = []
+    for name in per_side["ours"][0]:
+        f = {"figure": name, "shape": st.shape, "precision": st.precision}
+        for side, runs in per_side.items():
+            f[side] = summarise(name, [r[name] for r in runs], peak[st.precision])
+            f[side]["cpu_busy_min"] = min(line["cpu_busy"] for line in lines[side])
+        lower = FIGURES[name][1]
+        f["ratio"] = f["trl"]["median"] / f["ours"]["median"] if lower else \
+            f["ours"]["median"] / f["trl"]["median"]
+        f["ratio_means"] = "TRL / ours" if lower else "ours / TRL"
+        f["settings"] = {k: v for k, v in vars(st).items() if k != "seed"}
+        out.append(f)
+    return out
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", default=["tiny", "opt-125m"])
-    parser.add_argument("--tasks", nargs="+", default=["sft", "rm", "ppo"])
+    parser.add_argument("--shapes", nargs="+", default=["tiny", "opt-125m"], choices=["tiny", "opt-125m"])
+    parser.add_argument("--tasks", nargs="+", default=["sft", "rm", "ppo"], choices=["sft", "rm", "ppo"])
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per side and figure")
     parser.add_argument("--python", default=sys.executable, help="the project's interpreter")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.jsonl"))
-    args = parser.parse_args()
+    parser.add_argument("--quiet-wait", type=float, default=0.0,
+                        help="before each measurement, wait up to this many seconds for other "
+                             "processes to use under 25%% of the cores")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
     if not (TRL_VENV / "bin" / "python").exists():
         sys.exit(f"no TRL environment at {TRL_VENV}: run bench/setup_trl.sh first")
-
     start, load_start = time.time(), os.getloadavg()[0]
-    peak = measure_peak(args.python)
+    trl_python = str(TRL_VENV / "bin" / "python")
     machine = {"figure": "machine", "cpu": platform.processor() or platform.machine(),
-               "cores": os.cpu_count(), "matmul_peak_gflops": {k: peak[k] for k in ("fp32", "bf16")},
-               "peak_by_size": peak["sizes"], "threads": peak["threads"],
-               "ours_torch_transformers": versions(args.python),
-               "trl_torch_transformers_trl": versions(str(TRL_VENV / "bin" / "python")),
-               "trl_ppo": versions(str(TRL_VENV / "bin" / "python"), str(TRL_PPO_PATH)).split()[-1]}
-    records = [machine]
-    print(json.dumps(machine), flush=True)
-    figures = []
+               "cores": os.cpu_count(), "ours_torch_transformers": versions(args.python),
+               "trl_torch_transformers_trl": versions(trl_python),
+               "trl_ppo": versions(trl_python, str(TRL_PPO_PATH)).split()[-1]}
+    peaks = [measure_peak(args.python)]
+    measured = []
     for shape in args.shapes:
         for precision in args.precision:
             for task in args.tasks:
                 warmup, steps = STEPS[shape, task]
                 st = Settings(task=task, shape=shape, precision=precision, warmup=warmup, steps=steps)
-                per_side, busy = {"ours": [], "trl": []}, {"ours": [], "trl": []}
-                for run in range(args.runs):
-                    for side in (("ours", "trl") if run % 2 == 0 else ("trl", "ours")):
-                        line = worker(side, replace(st, seed=run), args.python, args.timeout)
-                        records.append({"figure": "raw", **line})
-                        per_side[side].append(run_figures(line))
-                        busy[side].append(line["cpu_busy"])
-                for name in per_side["ours"][0]:
-                    f = {"figure": name, "shape": shape, "precision": precision}
-                    for side, runs in per_side.items():
-                        f[side] = summarise(name, [r[name] for r in runs], peak[precision])
-                        f[side]["cpu_busy_min"] = min(busy[side])
-                    lower = FIGURES[name][1]
-                    f["ratio"] = (f["trl"]["median"] / f["ours"]["median"] if lower
-                                  else f["ours"]["median"] / f["trl"]["median"])
-                    f["ratio_means"] = "TRL / ours" if lower else "ours / TRL"
-                    f["settings"] = {k: v for k, v in vars(st).items() if k != "seed"}
-                    figures.append(f)
-                    records.append(f)
-                    print(json.dumps(f), flush=True)
+                measured.append((st, *measure(st, args)))
+    peaks.append(measure_peak(args.python))
+    # the better of the two peak measurements (one may have shared the cores)
+    peak = {k: max(p[k] for p in peaks) for k in ("fp32", "bf16")}
+    machine.update(matmul_peak_gflops=peak, peak_measurements=peaks)
+    figures = [f for st, lines, _ in measured for f in figures_of(st, lines, peak)]
     done = {"figure": "run", "seconds": round(time.time() - start), "load_avg_start": load_start,
-            "load_avg_end": os.getloadavg()[0], "command": " ".join(sys.argv)}
-    records.append(done)
-    print(json.dumps(done))
-    print()
-    print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
-          f"({peak['threads']} threads); ours vs TRL > 1 means ours is better "
-          f"(throughput ours/TRL, time and memory TRL/ours)")
+            "load_avg_end": os.getloadavg()[0], "command": " ".join(["bench/run.py"] + sys.argv[1:])}
+    records = [machine, *figures, done] + [r for _, _, raw in measured for r in raw]
+    for record in [machine, *figures, done]:
+        print(json.dumps(record))
+    print(f"\nmatmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
+          f"({peaks[0]['threads']} threads). ours vs TRL > 1 means ours is better "
+          f"(throughput: ours/TRL; time and memory: TRL/ours)")
     print(table(figures))
     print(f"\nCPU busy: the lowest, over the runs, of CPU seconds / (wall seconds x threads) in the "
           f"timed steps, ours/TRL; well below ~0.9 means other processes took cores from it.\n"

@@ -14,6 +14,7 @@ from collections import defaultdict
 import torch
 
 from . import faults, ppo
+from .reward import TokenScorer
 from .rollout import make_rollout, response_logits, response_values
 
 
@@ -133,13 +134,18 @@ def prompt_batch(prompt_ids, batch: int, seed: int, iteration: int):
 
 
 def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, opts, accelerator, iteration):
-    """Rollout and update on one batch of prompt ids. Returns (rollout, stats)."""
+    """Rollout and update on one batch of prompt ids. Returns (rollout, stats).
+
+    Sampling and scoring use the plain models; the update goes through the prepared (in a
+    multi-process run, DistributedDataParallel) actor and critic so their gradients are averaged.
+    """
     from .data import collate_prompts
 
-    actor, _, _, critic = models
+    actor, reference, reward_model, critic = models
+    plain = (accelerator.unwrap_model(actor), reference, reward_model, accelerator.unwrap_model(critic).model)
     timer = Timer()
     batch = {k: v.to(accelerator.device) for k, v in collate_prompts(ids, tokenizer.pad_token_id).items()}
-    rollout = make_rollout(models, tokenizer, batch["input_ids"], batch["attention_mask"], cfg,
+    rollout = make_rollout(plain, tokenizer, batch["input_ids"], batch["attention_mask"], cfg,
                            reward_stats, kl_coef, timer)
     stats = {"iteration": iteration + 1, **rollout_stats(rollout, kl_coef)}
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + iteration)
@@ -186,37 +192,38 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge
     checkpoint is written every cfg.checkpoint_every iterations and a rerun continues from it.
     Stops with an error after cfg.max_bad_updates iterations in a row with no finite update.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from .runtime import resolve_mixed_precision
+    from .train import make_accelerator
 
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+    accelerator = make_accelerator(cfg.mixed_precision)
     actor, reference, reward_model, critic = models
     opts, schedules = make_optimizers(actor, critic, cfg)
-    actor, critic, *opts = accelerator.prepare(actor, critic, *opts)
+    actor, critic, *opts = accelerator.prepare(actor, TokenScorer(critic), *opts)
     for frozen in (reference, reward_model):
         if frozen is not None:
             frozen.to(accelerator.device).eval().requires_grad_(False)
-    torch.manual_seed(cfg.seed)
-    state = load_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic),
+    torch.manual_seed(cfg.seed + accelerator.process_index)  # each process samples its own answers
+    state = load_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model,
                         opts, schedules, log) or \
         {"iteration": 0, "kl_coef": cfg.kl_coef, "bad_in_a_row": 0, "history": [], "samples": []}
     text_of = {tuple(ids): text for ids, text in zip(prompt_ids, prompt_texts or [])}
     for it in tqdm(range(state["iteration"], cfg.iterations), desc="ppo", disable=not progress,
                    initial=state["iteration"], total=cfg.iterations):
-        ids = prompt_batch(prompt_ids, cfg.rollout_batch, cfg.seed, it)
+        world, rank = accelerator.num_processes, accelerator.process_index
+        ids = prompt_batch(prompt_ids, cfg.rollout_batch * world, cfg.seed, it)[rank::world]
         rollout, stats = ppo_iteration((actor, reference, reward_model, critic), tokenizer, ids, cfg,
                                        reward_stats, state["kl_coef"], opts, accelerator, it)
         for schedule in schedules:
             schedule.step()
         record_iteration(state, rollout, stats, [text_of.get(tuple(i), "") for i in ids], tokenizer,
                          cfg, judge, log)
-        if resume_dir and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-            save_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic),
+        if resume_dir and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 \
+                and it + 1 < cfg.iterations and accelerator.is_main_process:
+            save_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model,
                         tokenizer, opts, schedules, state)
         faults.point("step")
-    return accelerator.unwrap_model(actor), accelerator.unwrap_model(critic), state["history"], state["samples"]
+    return accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model, state["history"], state["samples"]
 
 
 def record_iteration(state, rollout, stats, prompts, tokenizer, cfg, judge, log):

@@ -12,11 +12,27 @@ from .generation import position_ids_from_mask
 from .ppo import pairwise_loss
 
 
+class TokenScorer(torch.nn.Module):
+    """A sequence-classification model whose forward returns its head's value at every position.
+
+    PPO's critic needs all positions; wrapping it in one module gives DistributedDataParallel a
+    single forward to hook, so the gradients of the backbone and the head are both averaged.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                       position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        return self.model.score(hidden).squeeze(-1).float()  # (B, T)
+
+
 def token_scores(model, input_ids, attention_mask):
     """The scalar head applied at every position.  (B, T)"""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-    return model.score(hidden).squeeze(-1).float()  # (B, T)
+    scorer = model if isinstance(getattr(model, "module", model), TokenScorer) else TokenScorer(model)
+    return scorer(input_ids, attention_mask)  # (B, T)
 
 
 def last_token_index(attention_mask):
@@ -33,8 +49,14 @@ def sequence_scores(model, input_ids, attention_mask):
 
 
 def reward_loss_fn(model, batch):
-    """loss_fn for rlhf.train.fit: chosen rows first, rejected rows second, one forward pass."""
-    scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])  # (2B,)
+    """loss_fn for rlhf.train.fit: chosen rows first, rejected rows second, one forward pass.
+
+    Calls the model itself (so it also works wrapped in DistributedDataParallel): Hugging Face
+    pools the head at the last non-pad token, the same position `sequence_scores` reads.
+    """
+    mask = batch["attention_mask"]
+    scores = model(input_ids=batch["input_ids"], attention_mask=mask,
+                   position_ids=position_ids_from_mask(mask)).logits.squeeze(-1).float()  # (2B,)
     chosen, rejected = scores.chunk(2)
     loss, accuracy, margin = pairwise_loss(chosen, rejected)
     return loss, {"loss": loss.detach(), "accuracy": accuracy, "margin": margin}

@@ -21,9 +21,12 @@ from .runtime import free_gpu_cache, is_oom, resolve_mixed_precision
 
 
 def make_accelerator(mixed_precision: str):
+    """An Accelerator for this process: the GPU if there is one, else the CPU (and, launched with
+    several processes, DDP over gloo)."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision))
+    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision),
+                       cpu=not torch.cuda.is_available())
 
 
 def make_optimizer(model, cfg, total_steps: int, lr: float | None = None):

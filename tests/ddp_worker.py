@@ -1,0 +1,95 @@
+"""Run by tests/test_distributed.py, once plainly and once under torchrun with 2 processes (gloo):
+the project's own training functions on tiny models; saves each rank's final weights.
+
+    python tests/ddp_worker.py TASK OUT_DIR PER_DEVICE_BATCH      (TASK: sft, rm or ppo)
+"""
+import copy
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from accelerate import Accelerator  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from transformers import OPTConfig, OPTForCausalLM, OPTForSequenceClassification  # noqa: E402
+
+from rlhf import data, reward, sft  # noqa: E402
+from rlhf.config import make_config  # noqa: E402
+from rlhf.ppo_loop import Timer, make_optimizers, ppo_update  # noqa: E402
+from rlhf.reward import TokenScorer  # noqa: E402
+from rlhf.rollout import Rollout, disable_dropout, make_rollout  # noqa: E402
+from rlhf.train import fit  # noqa: E402
+
+
+def opt_config(**kw):
+    return OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+                     word_embed_proj_dim=16, max_position_embeddings=64, dropout=0.0, pad_token_id=0,
+                     bos_token_id=1, eos_token_id=2, **kw)
+
+
+def sequences(n, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [[1] + torch.randint(3, 64, (length,), generator=g).tolist() + [2] for _ in range(n)]
+
+
+INITIAL = {}  # the weights before training, saved beside the result
+
+
+def remember(model):
+    INITIAL.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return model
+
+
+def run_sft(per_device):
+    torch.manual_seed(0)
+    model = remember(OPTForCausalLM(opt_config()))
+    items = [{"input_ids": s, "labels": [-100] * 3 + s[3:]} for s in sequences(32, 8, 1)]
+    cfg = make_config("actor", "ci", batch_size=per_device, max_steps=3, checkpoint_every=0, lr=1e-2)
+    model, _ = fit(model, items, partial(data.collate_sft, pad_id=0), sft.sft_loss_fn, cfg,
+                   log=lambda m: None, progress=False)
+    return model
+
+
+def run_rm(per_device):
+    torch.manual_seed(0)
+    model = remember(OPTForSequenceClassification(opt_config(num_labels=1)))
+    pairs = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(sequences(32, 8, 2), sequences(32, 8, 3))]
+    cfg = make_config("critic", "ci", batch_size=per_device, max_steps=3, checkpoint_every=0, lr=1e-2)
+    model, _ = fit(model, pairs, partial(data.collate_pairs, pad_id=0), reward.reward_loss_fn, cfg,
+                   log=lambda m: None, progress=False)
+    return model
+
+
+class Tok:
+    pad_token_id, eos_token_id, bos_token_id = 0, 2, 1
+
+
+def run_ppo(per_device):
+    """One PPO update on the same rollout: the 1-process run takes all rows, each of 2 processes half."""
+    torch.manual_seed(0)
+    actor = remember(disable_dropout(OPTForCausalLM(opt_config())))
+    reward_model = disable_dropout(OPTForSequenceClassification(opt_config(num_labels=1))).eval()
+    critic = copy.deepcopy(reward_model)
+    cfg = make_config("ppo", "ci", max_new_tokens=6, ppo_epochs=1, rollout_batch=per_device, minibatch=per_device)
+    batch = data.collate_prompts([s[:4] for s in sequences(8, 6, 4)], 0)
+    torch.manual_seed(1)  # the same rollout in every process
+    rollout = make_rollout((actor, copy.deepcopy(actor).eval(), reward_model, critic), Tok(), batch["input_ids"],
+                           batch["attention_mask"], cfg, {"mean": 0.0, "std": 1.0}, cfg.kl_coef, Timer())
+    accelerator = Accelerator(cpu=True)
+    rows = torch.arange(8)[accelerator.process_index::accelerator.num_processes]
+    mine = Rollout(**{k: (v[rows] if torch.is_tensor(v) else v) for k, v in vars(rollout).items()})
+    opts, _ = make_optimizers(actor, critic, cfg)
+    actor, critic, *opts = accelerator.prepare(actor, TokenScorer(critic), *opts)
+    ppo_update(actor, critic, mine, cfg, opts, accelerator, torch.Generator().manual_seed(0))
+    return accelerator.unwrap_model(actor)
+
+
+if __name__ == "__main__":
+    task, out, per_device = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    model = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo}[task](per_device)
+    state = Accelerator(cpu=True)
+    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(weights, str(out / f"{task}-{state.num_processes}-{state.process_index}.safetensors"))
+    save_file({k: v.contiguous() for k, v in INITIAL.items()}, str(out / f"{task}-initial.safetensors"))
