@@ -52,6 +52,8 @@ def save_checkpoint(out_dir, model=None, tokenizer=None, configs=(), metrics=Non
     for a resumable periodic checkpoint (see save_train_state).
     """
     out = Path(out_dir)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return out  # in a multi-process run, rank 0 writes
     out.parent.mkdir(parents=True, exist_ok=True)
     recover(out)
     tmp, old = _siblings(out)

@@ -82,18 +82,23 @@ class RunLog:
 
     def __init__(self, folder, stage: str):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.writes = int(os.environ.get("RANK", "0")) == 0  # in a multi-process run, rank 0 logs
         self.text = self.folder / f"{stage}.log"
         self.jsonl = self.folder / f"{stage}.jsonl"
-        self.jsonl.write_text("")
+        if self.writes:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.jsonl.write_text("")
         self.start = time.time()
 
     def __call__(self, message: str) -> None:
+        if not self.writes:
+            return
         line = f"[{time.time() - self.start:7.1f}s] {message}"
         print(line, flush=True)
         with open(self.text, "a") as handle:
             handle.write(line + "\n")
 
     def record(self, metrics: dict) -> None:
-        with open(self.jsonl, "a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
+        if self.writes:
+            with open(self.jsonl, "a") as handle:
+                handle.write(json.dumps(metrics) + "\n")

@@ -43,7 +43,7 @@ NOTEBOOKS = ["0_download", "1_actor", "2_critic", "3_rlhf", "4_test"]
 
 def copy_project(dest: Path) -> Path:
     """A scratch copy of what the notebooks need, so tests never touch the user's model/."""
-    for name in ["util.py", "rlhf", "dataset", "tools", *[f"{n}.ipynb" for n in NOTEBOOKS]]:
+    for name in ["util.py", "rlhf", "dataset", "tools", "notebooks", *[f"{n}.ipynb" for n in NOTEBOOKS]]:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

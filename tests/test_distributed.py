@@ -47,3 +47,20 @@ def test_two_processes_match_one_with_the_same_effective_batch(task, per_device,
     update_two, update_one = flat(rank0) - flat(initial), flat(single) - flat(initial)
     assert update_one.norm() > 0
     assert (update_two - update_one).norm() / update_one.norm() < 0.02
+
+
+def test_a_stage_runs_as_a_script_under_two_processes(tmp_path):
+    """tools/run_stage.py under torchrun: stage 1 of the ci preset, 2 CPU processes."""
+    from conftest import copy_project, run_stage_process
+
+    project = copy_project(tmp_path)
+    assert run_stage_process(project, "0").returncode == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), str(project / "tools" / "run_stage.py"), "1",
+           "--preset", "ci"]
+    result = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=300,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(project / "model" / "actor")
+    assert not list((project / "model").glob(".actor.*"))

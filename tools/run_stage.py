@@ -1,0 +1,50 @@
+"""Run one stage's notebook source as a plain script: for `accelerate launch`, torchrun or SSH.
+
+    python tools/run_stage.py 1 --preset tiny --data dataset
+    accelerate launch --config_file configs/accelerate/ddp.yaml tools/run_stage.py 1 --preset opt-125m
+
+A notebook source (notebooks/N_*.py) is ordinary Python; this runs its code cells in order, with
+PRESET and DATA set right after the parameters cell (what papermill does). Plots go to the
+non-interactive backend. In a multi-process run every process runs the stage; only rank 0
+writes checkpoints and logs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from build_notebooks import parse_cells  # noqa: E402
+
+
+def stage_code(number: str, preset: str, data: str) -> str:
+    """The code of notebook `number`, with the parameters overridden after their cell."""
+    source = next((ROOT / "notebooks").glob(f"{number}_*.py"))
+    code = []
+    for cell in parse_cells(source.read_text()):
+        if cell["cell_type"] != "code":
+            continue
+        code.append("".join(cell["source"]))
+        if "parameters" in cell["metadata"].get("tags", []):
+            code.append(f"PRESET = {preset!r}\nDATA = {data!r}")
+    return "\n\n".join(code) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", help="notebook number: 0, 1, 2, 3 or 4")
+    parser.add_argument("--preset", default="auto")
+    parser.add_argument("--data", default="dataset")
+    args = parser.parse_args()
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.chdir(ROOT)
+    code = stage_code(args.stage, args.preset, args.data)
+    exec(compile(code, f"notebooks/{args.stage}_stage.py", "exec"), {"__name__": "__main__"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
