@@ -139,7 +139,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "data": dict(split=(5, 3, 2), max_length=128, max_prompt_length=64),
         "actor": dict(lr=2e-3, batch_size=16, epochs=3, max_new_tokens=40),
         "critic": dict(lr=5e-4, batch_size=16, epochs=1),
-        "ppo": dict(actor_lr=1e-5, critic_lr=1e-4, iterations=60, rollout_batch=32, minibatch=32,
+        "ppo": dict(actor_lr=2e-5, critic_lr=1e-4, iterations=60, rollout_batch=32, minibatch=32,
                     max_new_tokens=40),
         "eval": dict(max_new_tokens=40),
     },
