@@ -39,3 +39,16 @@ def resume_dir(stage: str, root: str = MODEL_DIR) -> str:
 def clear_resume(stage: str, root: str = MODEL_DIR) -> None:
     import shutil
     shutil.rmtree(resume_dir(stage, root), ignore_errors=True)
+
+
+def start(stage: str, preset: str = "auto", data_dir: str = "dataset"):
+    """The first call of notebooks 1-4: install what Colab lacks, resolve the preset (and say
+    why), print the stage's config as a table, seed everything. Returns (preset, data_cfg, cfg)."""
+    setup_colab()
+    name, reason = resolve_preset(preset)
+    print(f"preset: {name} ({reason})")
+    data_cfg = make_config("data", name, data_dir=data_dir)
+    cfg = make_config(stage, name)
+    print(config_table(cfg))
+    seed_everything(getattr(cfg, "seed", 0))
+    return name, data_cfg, cfg

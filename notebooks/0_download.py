@@ -21,7 +21,7 @@ DATA = "dataset"    # a folder holding train.json and eval.json
 
 # %%
 # Move into the project folder (on Colab: a clone in /content or on Drive) and set it up.
-import os, sys
+import os, sys  # move into the project folder (on Colab: a clone in /content or on Drive)
 for folder in [os.getcwd(), os.path.dirname(os.getcwd()), "/content/simple-rlhf-tiny",
                "/content/drive/MyDrive/simple-rlhf-tiny"]:
     if os.path.exists(os.path.join(folder, "util.py")):

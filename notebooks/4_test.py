@@ -12,19 +12,14 @@ PRESET = "auto"
 DATA = "dataset"
 
 # %%
-import os, sys
+import os, sys  # move into the project folder (on Colab: a clone in /content or on Drive)
 for folder in [os.getcwd(), os.path.dirname(os.getcwd()), "/content/simple-rlhf-tiny",
                "/content/drive/MyDrive/simple-rlhf-tiny"]:
     if os.path.exists(os.path.join(folder, "util.py")):
         os.chdir(folder); sys.path.insert(0, folder); break
 import util
-util.setup_colab()
 
-preset, reason = util.resolve_preset(PRESET)
-print(f"preset: {preset} ({reason})")
-data_cfg = util.make_config("data", preset, data_dir=DATA)
-cfg = util.make_config("eval", preset)
-print(util.config_table(cfg))
+preset, data_cfg, cfg = util.start("eval", PRESET, DATA)  # Colab set-up, configs printed, seeds
 
 # %%
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
