@@ -173,20 +173,29 @@ def versions(python: str, extra_path: str | None = None) -> str:
     return out.stdout.strip()
 
 
-def measure(st: Settings, args) -> tuple[dict, list]:
+def measure_once(side: str, st: Settings, args) -> dict:
+    """One measurement, redone (up to args.retries times) while it had under args.min_busy of the
+    cores: other processes' load inflates times and they come and go."""
+    for attempt in range(args.retries + 1):
+        busy_before = wait_quiet(args.quiet_wait)
+        started = time.time()
+        line = worker(side, st, args.python, args.timeout)
+        print(f"[{st.shape} {st.precision} {st.task}] seed {st.seed} {side}: "
+              f"{time.time() - started:.0f} s, CPU busy {line['cpu_busy']:.2f}", file=sys.stderr)
+        line.update(others_busy_before=busy_before, attempts=attempt + 1)
+        if line["cpu_busy"] >= args.min_busy:
+            break
+    return line
+
+
+def measure(st: Settings, args) -> dict:
     """`args.runs` fresh processes per side, alternating which side goes first.
-    Returns ({side: [worker line, ...]}, raw records)."""
-    lines, raw = {"ours": [], "trl": []}, []
+    Returns {side: [worker line, ...]}."""
+    lines = {"ours": [], "trl": []}
     for run in range(args.runs):
         for side in (("ours", "trl") if run % 2 == 0 else ("trl", "ours")):
-            busy_before = wait_quiet(args.quiet_wait)
-            started = time.time()
-            line = worker(side, replace(st, seed=run), args.python, args.timeout)
-            print(f"[{st.shape} {st.precision} {st.task}] run {run + 1} {side}: "
-                  f"{time.time() - started:.0f} s, CPU busy {line['cpu_busy']:.2f}", file=sys.stderr)
-            lines[side].append(line)
-            raw.append({"figure": "raw", "others_busy_before": busy_before, **line})
-    return lines, raw
+            lines[side].append(measure_once(side, replace(st, seed=run), args))
+    return lines
 
 
 def figures_of(st: Settings, lines: dict, peak: dict) -> list[dict]:
@@ -216,6 +225,9 @@ def parse_args():
     parser.add_argument("--python", default=sys.executable, help="the project's interpreter")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.jsonl"))
+    parser.add_argument("--min-busy", type=float, default=0.85,
+                        help="redo a measurement whose CPU busy (see the table) is below this")
+    parser.add_argument("--retries", type=int, default=2, help="redos per measurement at most")
     parser.add_argument("--quiet-wait", type=float, default=0.0,
                         help="before each measurement, wait up to this many seconds for other "
                              "processes to use under 25%% of the cores")
@@ -239,15 +251,16 @@ def main():
             for task in args.tasks:
                 warmup, steps = STEPS[shape, task]
                 st = Settings(task=task, shape=shape, precision=precision, warmup=warmup, steps=steps)
-                measured.append((st, *measure(st, args)))
+                measured.append((st, measure(st, args)))
     peaks.append(measure_peak(args.python))
     # the better of the two peak measurements (one may have shared the cores)
     peak = {k: max(p[k] for p in peaks) for k in ("fp32", "bf16")}
     machine.update(matmul_peak_gflops=peak, peak_measurements=peaks)
-    figures = [f for st, lines, _ in measured for f in figures_of(st, lines, peak)]
+    figures = [f for st, lines in measured for f in figures_of(st, lines, peak)]
     done = {"figure": "run", "seconds": round(time.time() - start), "load_avg_start": load_start,
             "load_avg_end": os.getloadavg()[0], "command": " ".join(["bench/run.py"] + sys.argv[1:])}
-    records = [machine, *figures, done] + [r for _, _, raw in measured for r in raw]
+    raw = [{"figure": "raw", **line} for _, lines in measured for runs in lines.values() for line in runs]
+    records = [machine, *figures, done, *raw]
     for record in [machine, *figures, done]:
         print(json.dumps(record))
     print(f"\nmatmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
