@@ -6,8 +6,8 @@ Runs the project's own training functions unchanged: rlhf.train.fit with rlhf.sf
 rlhf.reward.reward_loss_fn and the rlhf.data collate functions, and rlhf.ppo_loop.train_ppo.
 Nothing in them is patched. A step's time is read from where the project's functions call back into
 the benchmark: an SFT/RM step runs from one call of `collate` (each optimiser step collates its
-batch first) to the next, the last one to fit's return; a PPO iteration ends at train_ppo's
-`log.record`.
+batch first) to the next, the last one to fit's end-of-epoch `evaluate` call; a PPO iteration
+ends at train_ppo's `log.record`.
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def fit_config(stage: str, st):
 
 
 def run_fit(model, items, collate, loss_fn, cfg, st, extra):
-    """fit as the notebooks call it, with a collate that stamps the start of every step."""
+    """fit as the notebooks call it. A step starts when fit collates its batch; the last one
+    ends when fit calls `evaluate` after the epoch (so fit's clean-up is not counted)."""
     from rlhf.train import fit
 
     clock = StepClock()
@@ -44,8 +45,12 @@ def run_fit(model, items, collate, loss_fn, cfg, st, extra):
         clock.tick()
         return collate(chunk)
 
-    fit(model, items, timed_collate, loss_fn, cfg, log=lambda m: None, progress=False)
-    clock.tick()
+    def end_of_epoch(model):
+        clock.tick()
+        return {}
+
+    fit(model, items, timed_collate, loss_fn, cfg, log=lambda m: None, evaluate=end_of_epoch,
+        progress=False)
     emit(st, SIDE, clock, {"model": matmul_params(model)}, **extra)
 
 

@@ -183,6 +183,8 @@ def measure_once(side: str, st: Settings, args) -> dict:
         print(f"[{st.shape} {st.precision} {st.task}] seed {st.seed} {side}: "
               f"{time.time() - started:.0f} s, CPU busy {line['cpu_busy']:.2f}", file=sys.stderr)
         line.update(others_busy_before=busy_before, attempts=attempt + 1)
+        with open(Path(args.out).with_suffix(".partial.jsonl"), "a") as f:  # kept if the run dies
+            f.write(json.dumps({"figure": "raw", **line}) + "\n")
         if line["cpu_busy"] >= args.min_busy:
             break
     return line
@@ -239,6 +241,8 @@ def main():
     if not (TRL_VENV / "bin" / "python").exists():
         sys.exit(f"no TRL environment at {TRL_VENV}: run bench/setup_trl.sh first")
     start, load_start = time.time(), os.getloadavg()[0]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).with_suffix(".partial.jsonl").unlink(missing_ok=True)
     trl_python = str(TRL_VENV / "bin" / "python")
     machine = {"figure": "machine", "cpu": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "ours_torch_transformers": versions(args.python),
@@ -271,8 +275,8 @@ def main():
           f"timed steps, ours/TRL; well below ~0.9 means other processes took cores from it.\n"
           f"{done['seconds']} s in all; load average {load_start:.1f} at the start, "
           f"{done['load_avg_end']:.1f} at the end.")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in records))
+    Path(args.out).with_suffix(".partial.jsonl").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

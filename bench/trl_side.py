@@ -32,21 +32,25 @@ def common_args(st, out_dir: str) -> dict:
                 dataloader_num_workers=0)
 
 
-def step_clock_callback(clock: StepClock):
+def step_clock_callback(clock: StepClock, last_end: StepClock):
     from transformers import TrainerCallback
 
-    class StepStart(TrainerCallback):
+    class StepMarks(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             clock.tick()
-    return StepStart()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            last_end.start()  # keeps only the latest step end
+    return StepMarks()
 
 
 def run_trainer(trainer, st, model, extra):
-    """A step runs from one on_step_begin to the next, the last one to train()'s return."""
-    clock = StepClock()
-    trainer.add_callback(step_clock_callback(clock))
+    """A step runs from one on_step_begin to the next, the last one to its on_step_end."""
+    clock, last_end = StepClock(), StepClock()
+    trainer.add_callback(step_clock_callback(clock, last_end))
     trainer.train()
-    clock.tick()
+    clock.marks.append(last_end.marks[0])
+    clock.cpu.append(last_end.cpu[0])
     emit(st, SIDE, clock, {"model": matmul_params(model)}, **extra)
 
 
