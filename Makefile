@@ -8,7 +8,7 @@ DATA   ?= dataset
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: run test faults notebooks dataset clean
+.PHONY: run test faults bench notebooks dataset clean
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(BIN)/.installed
 
 faults: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests/test_faults.py; status=$$?; $(BIN)/python tools/fault_report.py; exit $$status
+
+bench: $(BIN)/.installed
+	bash bench/setup_trl.sh
+	$(BIN)/python bench/run.py
 
 notebooks: $(BIN)/.installed
 	$(BIN)/python tools/build_notebooks.py
