@@ -38,8 +38,9 @@ def evaluate_batch(policies, reference, reward_model, tokenizer, prompts, batch,
             qr, am, responses, mask, has_eos = answer(policy, tokenizer, batch, cfg.max_new_tokens,
                                                       mode == "sampled", cfg.temperature)
             scores = sequence_scores(reward_model, qr, am).tolist()
-            kl = (sequence_logprob(policy, qr, am, responses, mask, cfg.temperature)
-                  - sequence_logprob(reference, qr, am, responses, mask, cfg.temperature)).tolist()
+            kl = [0.0] * len(prompts) if policy is reference else (
+                sequence_logprob(policy, qr, am, responses, mask, cfg.temperature)
+                - sequence_logprob(reference, qr, am, responses, mask, cfg.temperature)).tolist()
             texts, ended = decode_responses(responses.cpu(), tokenizer)
             for i, prompt in enumerate(prompts):
                 records.append({"prompt": prompt, "policy": name, "mode": mode, "sample": k,
