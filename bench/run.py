@@ -1,7 +1,8 @@
 """Benchmark this project against TRL on the same machine, at the same settings.
 
     python bench/run.py [--shapes tiny opt-125m] [--tasks sft rm ppo] [--precision fp32 bf16]
-                        [--runs 3] [--out bench/results/latest.jsonl]
+                        [--runs 3] [--retries 2] [--min-busy 0.85] [--quiet-wait 0]
+                        [--out bench/results/latest.jsonl]
 
 Needs bench/.venv-trl (bench/setup_trl.sh builds it). Every measurement is a fresh subprocess,
 ours in the project's interpreter and TRL's in bench/.venv-trl, alternating sides run by run;
@@ -29,8 +30,8 @@ TRL_VENV = BENCH / ".venv-trl"
 TRL_PPO_PATH = TRL_VENV / "trl-ppo"  # trl 1.12, the last with PPOTrainer (setup_trl.sh)
 
 # (warm-up, timed) steps per measurement; PPO counts iterations. The opt-125m shape takes
-# ~10 s an SFT/RM step and ~40-70 s a PPO iteration on 2 idle cores: one timed step each, and
-# its PPO iteration is timed cold (no warm-up iteration), to keep the whole run near 15 minutes.
+# ~5-6 s an SFT/RM step and ~45 s a PPO iteration in fp32 on 2 idle cores: one timed step each,
+# and its PPO iteration is timed cold (no warm-up iteration), to keep the whole run under 15 min.
 STEPS = {("tiny", "sft"): (2, 5), ("tiny", "rm"): (2, 5), ("tiny", "ppo"): (1, 2),
          ("opt-125m", "sft"): (1, 1), ("opt-125m", "rm"): (1, 1), ("opt-125m", "ppo"): (0, 1)}
 TARGETS = {"sft_tokens_per_s": 2.0, "rm_pairs_per_s": 2.0, "ppo_s_per_iteration": 2.0,
