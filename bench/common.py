@@ -34,7 +34,7 @@ class Settings:
     """One measurement: the same on both sides. Every field is stated in the README."""
     task: str                  # "sft", "rm" or "ppo"
     shape: str                 # a key of SHAPES
-    precision: str = "fp32"    # "fp32", or "bf16" (bf16 autocast on both sides)
+    precision: str = "fp32"    # "fp32", "bf16" (bf16 autocast on both sides) or "default" (each side's own)
     warmup: int = 1            # steps (iterations for PPO) run first and not timed
     steps: int = 3             # timed steps (iterations)
     seed: int = 0              # weights, data and sampling

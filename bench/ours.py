@@ -21,7 +21,7 @@ from common import (PAD, StepClock, causal_lm, emit, make_tokenizer, matmul_para
                     sft_rows, SHAPES)
 
 SIDE = "ours"
-MIXED = {"fp32": "no", "bf16": "bf16"}  # Settings.precision -> the project's mixed_precision
+MIXED = {"fp32": "no", "bf16": "bf16", "default": "auto"}  # Settings.precision -> mixed_precision
 
 
 def fit_config(stage: str, st):

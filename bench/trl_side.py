@@ -5,8 +5,9 @@
 SFT and the reward model use the current trl (SFTTrainer, RewardTrainer); PPO uses the last trl
 that has it (trl.experimental.ppo.PPOTrainer, trl 1.12), which run.py puts first on PYTHONPATH.
 TRL's defaults are kept except where the comparison needs them equal to ours: precision
-(bf16 / fp32), gradient checkpointing off, the same AdamW (torch's, not the fused one), learning
-rate, batch, lengths, models and data, no logging integrations, no saving, no progress bar.
+(fp32 / bf16; `default` keeps TRL's own), gradient checkpointing off, learning rate, batch,
+lengths, models and data, no logging integrations, no saving, no progress bar. The optimiser is
+TRL's default, torch's fused AdamW, which is also what the project uses.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ SIDE = "trl"
 
 def common_args(st, out_dir: str) -> dict:
     """TrainingArguments fields set the same way for every TRL trainer here."""
+    precision = {} if st.precision == "default" else {"bf16": st.precision == "bf16"}  # default: bf16=True
     return dict(output_dir=out_dir, learning_rate=st.lr, weight_decay=0.0, max_grad_norm=1.0,
-                optim="adamw_torch", bf16=st.precision == "bf16", fp16=False,
+                optim="adamw_torch_fused", fp16=False, **precision,
                 gradient_checkpointing=False, use_cpu=True, report_to="none",
                 save_strategy="no", disable_tqdm=True, seed=st.seed, data_seed=st.seed,
                 dataloader_num_workers=0)
@@ -139,6 +141,11 @@ def bench_ppo(st):
     actor, reference, reward, critic = ppo_models(st.shape, st.seed)
     n = st.warmup + st.steps
     phases = PPOPhases(module)
+    if st.precision == "bf16":
+        # PPOTrainer builds its own Accelerator() and ignores args.bf16; accelerate reads the
+        # precision from this variable (what `accelerate launch --mixed_precision bf16` sets).
+        # `default` leaves it unset: fp32, what a TRL user gets from PPOConfig's bf16=True.
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"
     with tempfile.TemporaryDirectory() as out:
         args = PPOConfig(**common_args(st, out), per_device_train_batch_size=st.prompts,
                          gradient_accumulation_steps=1, num_mini_batches=1,

@@ -72,8 +72,10 @@ show_samples(model, "base model (greedy):")
 # %% [markdown]
 # ## Training
 # `util.fit` is the loop shared with the reward model: AdamW, linear warm-up and decay, gradient
-# clipping, explicit gradient accumulation (halving the micro-batch on out-of-memory), mixed
-# precision on a GPU, eval loss and perplexity after each epoch, periodic checkpoints.
+# clipping, explicit gradient accumulation (halving the micro-batch on out-of-memory), bf16
+# autocast where the GPU or CPU has bf16 (`mixed_precision="auto"`), eval loss and perplexity
+# after each epoch, periodic checkpoints. The loss it trains with, `sft_loss_fn`, is `sft_loss`
+# above with one saving: the LM head runs only on the positions that have a label.
 
 # %%
 log = util.RunLog(util.stage_dir("logs"), "actor")

@@ -133,7 +133,7 @@ print(f"{len(prompt_ids)} PPO prompts; gold judge: {'yes' if judge else 'no (not
 # | `gold` | the built-in judge's grade (never used for training) | rises with `score`; if `score` rises and `gold` does not, the policy is fooling the reward model |
 # | `rlhf_reward` | normalised score − β·KL, what PPO maximises | rises |
 # | `kl`, `kl_k3` | KL(π‖π_ref) summed over an answer, two estimators | starts at 0, grows slowly; a few nats. k1 may dip below 0 on a batch, k3 never |
-# | `entropy` | mean per-token entropy of the policy | falls slowly; a collapse to ~0 means the policy stopped exploring |
+# | `entropy` | mean per-token entropy of the policy that sampled the rollout | falls slowly; a collapse to ~0 means the policy stopped exploring |
 # | `response_length`, `eos_rate` | tokens per answer, share that ended with EOS | length settles, EOS rate → 1 |
 # | `ratio_mean` | mean π/π_old over the update | ≈ 1 (exactly 1 on the first minibatch) |
 # | `clipfrac` | share of tokens whose ratio left [1−ε, 1+ε] | 0 – 0.2; higher means steps too large |

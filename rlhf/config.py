@@ -55,7 +55,7 @@ class ActorConfig:
     weight_decay: float = 0.0              # AdamW weight decay
     warmup_ratio: float = 0.05             # share of steps with linear warm-up, then linear decay to 0
     max_grad_norm: float = 1.0             # global gradient-norm clip
-    mixed_precision: str = "auto"          # "auto" (bf16 on a GPU that has it, else fp16 on GPU, no on CPU), "no", "bf16", "fp16"
+    mixed_precision: str = "auto"          # "auto" (bf16 where the GPU or CPU has it, else fp16 on GPU, no on CPU), "no", "bf16", "fp16"
     gradient_checkpointing: bool = False   # trade compute for memory on big models
     checkpoint_every: int = 200            # save a resumable checkpoint every N steps (0 = never)
     max_steps: int = 0                     # stop after N optimiser steps (0 = run all epochs)

@@ -45,10 +45,7 @@ def ppo_losses(actor, critic, mb, P: int, cfg):
     pg_loss, stats = ppo.policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"], cfg.clip_ratio)
     values = response_values(critic, mb["query_responses"], mb["attention_mask"], P)  # (b, R)
     vf_loss, vstats = ppo.value_loss(values, mb["values"], mb["returns"], mb["mask"], cfg.clip_value)
-    with torch.no_grad():
-        entropy = ppo.masked_mean(ppo.entropy_from_logits(logits, cfg.temperature), mb["mask"])
-    return pg_loss, vf_loss, {**stats, **vstats, "entropy": entropy,
-                              "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach()}
+    return pg_loss, vf_loss, {**stats, **vstats, "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach()}
 
 
 def update_step(actor, critic, mb, P, cfg, opts, accelerator):
@@ -101,6 +98,7 @@ def rollout_stats(rollout, kl_coef):
         "score_normalized": float(rollout.scores.mean()),
         "rlhf_reward": float((rollout.scores - kl_coef * k1).mean()),
         "kl": float(k1.mean()), "kl_k3": float(k3.mean()),
+        "entropy": float(ppo.masked_mean(rollout.entropy, mask)),  # of the policy that sampled
         "response_length": float(mask.sum(1).mean()),
         "eos_rate": float(rollout.has_eos.float().mean()),
         "empty_responses": int((mask.sum(1) <= 1).sum()),
@@ -115,12 +113,13 @@ def make_optimizers(actor, critic, cfg):
     train_ppo steps the schedules once per iteration, so iteration i trains at
     lr * (1 - i / iterations): the last at lr / iterations, and the run ends at 0.
     """
-    from torch.optim import AdamW
     from torch.optim.lr_scheduler import LambdaLR
 
+    from .train import adamw
+
     decay = lambda iteration: max(0.0, 1.0 - iteration / cfg.iterations)
-    actor_opt = AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.actor_lr, eps=1e-5)
-    critic_opt = AdamW([p for p in critic.parameters() if p.requires_grad], lr=cfg.critic_lr, eps=1e-5)
+    actor_opt = adamw(actor, cfg.actor_lr, eps=1e-5)
+    critic_opt = adamw(critic, cfg.critic_lr, eps=1e-5)
     return (actor_opt, critic_opt), (LambdaLR(actor_opt, decay), LambdaLR(critic_opt, decay))
 
 
@@ -145,8 +144,9 @@ def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, opts, acce
     plain = (accelerator.unwrap_model(actor), reference, reward_model, accelerator.unwrap_model(critic).model)
     timer = Timer()
     batch = {k: v.to(accelerator.device) for k, v in collate_prompts(ids, tokenizer.pad_token_id).items()}
-    rollout = make_rollout(plain, tokenizer, batch["input_ids"], batch["attention_mask"], cfg,
-                           reward_stats, kl_coef, timer)
+    with accelerator.autocast():  # the same precision as the update, so the first ratio is 1
+        rollout = make_rollout(plain, tokenizer, batch["input_ids"], batch["attention_mask"], cfg,
+                               reward_stats, kl_coef, timer)
     stats = {"iteration": iteration + 1, **rollout_stats(rollout, kl_coef)}
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + iteration)
     with timer("train"):
@@ -223,7 +223,9 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge
             save_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model,
                         tokenizer, opts, schedules, state)
         faults.point("step")
-    return accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model, state["history"], state["samples"]
+    # keep_fp32_wrapper=False: the models handed back run in full precision, as they came in
+    actor, critic = (accelerator.unwrap_model(m, keep_fp32_wrapper=False) for m in (actor, critic))
+    return actor, critic.model, state["history"], state["samples"]
 
 
 def record_iteration(state, rollout, stats, prompts, tokenizer, cfg, judge, log):

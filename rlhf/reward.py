@@ -25,7 +25,8 @@ class TokenScorer(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask):
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                       position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+                                       position_ids=position_ids_from_mask(attention_mask),
+                                       use_cache=False).last_hidden_state
         return self.model.score(hidden).squeeze(-1).float()  # (B, T)
 
 

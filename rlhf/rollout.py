@@ -36,10 +36,15 @@ def disable_dropout(model):
 
 
 def response_logits(actor, query_responses, attention_mask, P: int):
-    """Logits that predict each response token: position t-1 predicts token t.  (B, R, V)"""
-    logits = actor(input_ids=query_responses, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask)).logits  # (B, T, V)
-    return logits[:, P - 1:-1]                                                 # (B, R, V)
+    """Logits that predict each response token: position t-1 predicts token t.  (B, R, V)
+
+    The LM head runs on those R positions only (`logits_to_keep`): on the prompt its V-wide
+    output would be thrown away. No KV cache is built: this is a training/scoring pass.
+    """
+    keep = torch.arange(P - 1, query_responses.shape[1] - 1, device=query_responses.device)  # (R,)
+    return actor(input_ids=query_responses, attention_mask=attention_mask,
+                 position_ids=position_ids_from_mask(attention_mask),
+                 logits_to_keep=keep, use_cache=False).logits                 # (B, R, V)
 
 
 def response_values(critic, query_responses, attention_mask, P: int):
@@ -58,6 +63,7 @@ class Rollout:
     logprobs: torch.Tensor          # (B, R) log pi_old of each token (temperature applied)
     ref_logprobs: torch.Tensor      # (B, R) log pi_ref of each token
     values: torch.Tensor            # (B, R) V_old
+    entropy: torch.Tensor           # (B, R) entropy of pi_old where each token was drawn
     raw_scores: torch.Tensor        # (B,) reward model's score
     scores: torch.Tensor            # (B,) after the EOS penalty, normalisation and clipping
     rewards: torch.Tensor = None    # (B, R) -beta*KL per token + score at the last token
@@ -111,11 +117,15 @@ def make_rollout(models, tokenizer, prompt_ids, prompt_mask, cfg, reward_stats, 
         qr, am, responses, mask, has_eos = sample(actor, tokenizer, prompt_ids, prompt_mask, cfg)
     P = prompt_ids.shape[1]
     with timer("score"):
-        logprobs = ppo.logprobs_from_logits(response_logits(actor, qr, am, P), responses, cfg.temperature)
+        logits = response_logits(actor, qr, am, P)                              # (B, R, V)
+        logprobs = ppo.logprobs_from_logits(logits, responses, cfg.temperature)  # (B, R)
+        entropy = ppo.entropy_from_logits(logits, cfg.temperature)               # (B, R)
+        del logits
         ref_logprobs = reference_logprobs(actor, reference, qr, am, P, cfg.temperature)
         values = response_values(critic, qr, am, P)
         raw_scores, scores = score(reward_model, qr, am, has_eos, cfg, reward_stats)
-    rollout = Rollout(qr, am, responses, mask, has_eos, logprobs, ref_logprobs, values, raw_scores, scores)
+    rollout = Rollout(qr, am, responses, mask, has_eos, logprobs, ref_logprobs, values, entropy,
+                      raw_scores, scores)
     rollout.rewards, rollout.non_score_rewards = ppo.compute_rewards(
         scores, logprobs, ref_logprobs, mask, kl_coef)                        # (B, R)
     advantages, rollout.returns = ppo.gae(values, rollout.rewards, mask, cfg.gamma, cfg.lam)

@@ -48,13 +48,23 @@ def setup_colab(log=print) -> list[str]:
     return missing
 
 
+def cpu_has_bf16() -> bool:
+    """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Elsewhere torch emulates bf16
+    on the CPU, which is slower than fp32."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes
+        return False
+
+
 def resolve_mixed_precision(mode: str) -> str:
-    """'auto' -> bf16 on a GPU that supports it, fp16 on other GPUs, 'no' on CPU."""
+    """'auto' -> bf16 on a GPU that supports it, fp16 on other GPUs; on a CPU, bf16 where the CPU
+    has bf16 instructions, else 'no' (fp32). Weights, optimiser state and losses stay fp32."""
     if mode != "auto":
         return mode
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
+    return "bf16" if cpu_has_bf16() else "no"
 
 
 def seed_everything(seed: int) -> None:

@@ -24,15 +24,32 @@ def make_accelerator(mixed_precision: str):
     """An Accelerator for this process: the GPU if there is one, else the CPU (and, launched with
     several processes, DDP over gloo)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
-    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision),
-                       cpu=not torch.cuda.is_available())
+    precision = resolve_mixed_precision(mixed_precision)
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        # Accelerate keeps one state per process and refuses a second precision ("restart your
+        # runtime"); forget it, so a stage can run again with another config in the same kernel.
+        AcceleratorState._reset_state()  # the process group (PartialState) is kept
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+
+
+def adamw(model, lr: float, **kwargs):
+    """torch's AdamW over the trainable parameters, fused where torch has a fused kernel.
+
+    Same update as the default AdamW; the fused kernel walks all parameters in one pass, which
+    makes the step ~8x faster on a CPU (bench/README.md). Falls back to the default otherwise.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return AdamW(params, lr=lr, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
+        return AdamW(params, lr=lr, **kwargs)
 
 
 def make_optimizer(model, cfg, total_steps: int, lr: float | None = None):
     """AdamW with linear warm-up over cfg.warmup_ratio of the steps, then linear decay to 0."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = AdamW(params, lr=lr or cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(model, lr or cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
@@ -158,7 +175,7 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
             break
     bar.close()
     history["train_seconds"] = history.get("train_seconds", 0.0) + time.time() - start
-    model = accelerator.unwrap_model(model)
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # no autocast left on forward
     model.eval()
     free_gpu_cache()
     return model, history

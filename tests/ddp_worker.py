@@ -16,6 +16,10 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import OPTConfig, OPTForCausalLM, OPTForSequenceClassification  # noqa: E402
 
 from rlhf import data, reward, sft  # noqa: E402
+
+# fp32: the test compares 1 and 2 processes to < 2%; bf16 rounding (auto on a bf16 CPU) would
+# add its own noise of that size and hide what is being checked, the gradient averaging
+PRECISION = "no"
 from rlhf.config import make_config  # noqa: E402
 from rlhf.ppo_loop import Timer, make_optimizers, ppo_update  # noqa: E402
 from rlhf.reward import TokenScorer  # noqa: E402
@@ -46,7 +50,8 @@ def run_sft(per_device):
     torch.manual_seed(0)
     model = remember(OPTForCausalLM(opt_config()))
     items = [{"input_ids": s, "labels": [-100] * 3 + s[3:]} for s in sequences(32, 8, 1)]
-    cfg = make_config("actor", "ci", batch_size=per_device, max_steps=3, checkpoint_every=0, lr=1e-2)
+    cfg = make_config("actor", "ci", batch_size=per_device, max_steps=3, checkpoint_every=0, lr=1e-2,
+                      mixed_precision=PRECISION)
     model, _ = fit(model, items, partial(data.collate_sft, pad_id=0), sft.sft_loss_fn, cfg,
                    log=lambda m: None, progress=False)
     return model
@@ -56,7 +61,8 @@ def run_rm(per_device):
     torch.manual_seed(0)
     model = remember(OPTForSequenceClassification(opt_config(num_labels=1)))
     pairs = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(sequences(32, 8, 2), sequences(32, 8, 3))]
-    cfg = make_config("critic", "ci", batch_size=per_device, max_steps=3, checkpoint_every=0, lr=1e-2)
+    cfg = make_config("critic", "ci", batch_size=per_device, max_steps=3, checkpoint_every=0, lr=1e-2,
+                      mixed_precision=PRECISION)
     model, _ = fit(model, pairs, partial(data.collate_pairs, pad_id=0), reward.reward_loss_fn, cfg,
                    log=lambda m: None, progress=False)
     return model
@@ -72,7 +78,8 @@ def run_ppo(per_device):
     actor = remember(disable_dropout(OPTForCausalLM(opt_config())))
     reward_model = disable_dropout(OPTForSequenceClassification(opt_config(num_labels=1))).eval()
     critic = copy.deepcopy(reward_model)
-    cfg = make_config("ppo", "ci", max_new_tokens=6, ppo_epochs=1, rollout_batch=per_device, minibatch=per_device)
+    cfg = make_config("ppo", "ci", max_new_tokens=6, ppo_epochs=1, rollout_batch=per_device, minibatch=per_device,
+                      mixed_precision=PRECISION)
     batch = data.collate_prompts([s[:4] for s in sequences(8, 6, 4)], 0)
     torch.manual_seed(1)  # the same rollout in every process
     rollout = make_rollout((actor, copy.deepcopy(actor).eval(), reward_model, critic), Tok(), batch["input_ids"],

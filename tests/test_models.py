@@ -124,6 +124,25 @@ def test_sft_loss_ignores_prompt_and_pad(tiny_tokenizer):
     assert torch.allclose(sft.sft_loss(edited, batch["labels"]), loss, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["opt", "gpt2", "llama"])
+def test_sft_loss_fn_runs_the_lm_head_on_labelled_positions_only(tiny_tokenizer, arch):
+    """sft_loss_fn (LM head on labelled positions) gives sft_loss's value and gradients."""
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(tiny_config(arch, len(tiny_tokenizer))).eval()
+    examples, _ = encode_sft(ROWS, tiny_tokenizer, max_length=64, max_prompt_length=32)
+    batch = collate_sft(examples, tiny_tokenizer.pad_token_id)
+    logits, targets = sft.labelled_logits(lm, batch)
+    assert logits.shape == (int((batch["labels"][:, 1:] != -100).sum()), len(tiny_tokenizer))
+    assert logits.shape[0] < batch["labels"].numel() - len(ROWS)  # the prompt and padding were skipped
+    fast, _ = sft.sft_loss_fn(lm, batch)
+    fast_grad = torch.autograd.grad(fast, lm.get_input_embeddings().weight)[0]
+    full = sft.sft_loss(lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                        batch["labels"])
+    full_grad = torch.autograd.grad(full, lm.get_input_embeddings().weight)[0]
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_grad, full_grad, atol=1e-6, rtol=1e-4)
+
+
 def test_interrupted_swap_recovers_previous_checkpoint(tmp_path, tiny_tokenizer):
     out = tmp_path / "critic"
     checkpoint.save_checkpoint(out, tokenizer=tiny_tokenizer, metrics={"v": 1})

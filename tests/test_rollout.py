@@ -69,6 +69,25 @@ def test_ratio_is_one_and_nothing_clipped_before_the_first_step(four_models, tin
     assert torch.allclose(rollout.non_score_rewards, torch.zeros_like(rollout.non_score_rewards), atol=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_first_ratio_is_one_in_the_real_loop_and_the_models_come_back_plain(four_models, tiny_tokenizer,
+                                                                             precision):
+    """Rollout and update run under the same autocast: the first ratio is 1 in bf16 too
+    (ppo-details #6, #25), and train_ppo hands back models with no autocast left on forward."""
+    cfg = make_config("ppo", "ci", iterations=1, ppo_epochs=1, rollout_batch=8, minibatch=8,
+                      max_new_tokens=6, mixed_precision=precision)
+    _, ids = prompt_batch(tiny_tokenizer, n=8)
+    actor, critic, history, _ = train_ppo(four_models, tiny_tokenizer, ids, cfg, STATS,
+                                          log=lambda m: None, progress=False)
+    assert abs(history[0]["ratio_mean"] - 1.0) < 1e-5 and history[0]["clipfrac"] == 0.0
+    fresh = AutoModelForCausalLM.from_config(opt_config(len(tiny_tokenizer))).eval()
+    fresh.load_state_dict(actor.state_dict())
+    seq = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    logits = actor.eval()(seq).logits
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, fresh(seq).logits, atol=1e-6, rtol=0)
+
+
 def test_sampled_rollouts_differ_between_seeds(four_models, tiny_tokenizer):
     cfg = make_config("ppo", "ci", max_new_tokens=8)
     batch, _ = prompt_batch(tiny_tokenizer)
