@@ -6,6 +6,8 @@ built-in tasks and the gold judge), models (hub or offline fallback), train (the
 sft, reward, ppo (the PPO math), rollout and rlhf_loop (stage 3), evaluate (stage 4),
 checkpoint (atomic Hugging Face folders), runtime (Colab, device, cache, logging).
 """
+import torch
+
 from rlhf.checkpoint import read_json, recover, require_checkpoint, save_checkpoint, write_json
 from rlhf.config import (ConfigError, config_table, make_config, save_config, ActorConfig,
                          BaseConfig, CriticConfig, DataConfig, EvalConfig, PPOConfig, PRESETS)
@@ -15,8 +17,8 @@ from rlhf.data import (DataError, collate_pairs, collate_prompts, collate_sft, e
 from rlhf.generation import chat, complete, decode_responses, generate, position_ids_from_mask
 from rlhf.models import (check_tokenizer_matches, count_parameters, ensure_pad_token, get_base,
                          has_gpu, hub_reachable, load_tokenizer, resolve_preset, train_tokenizer)
-from rlhf.runtime import (RunLog, find_project_root, free_gpu_cache, in_colab, seed_everything,
-                          setup_colab)
+from rlhf.runtime import (RunLog, cpu_has_bf16, find_project_root, free_gpu_cache, in_colab,
+                          resolve_mixed_precision, seed_everything, setup_colab)
 from rlhf.tasks import gold_breakdown, gold_score
 from rlhf.train import fit
 from rlhf import ppo, reward, sft
@@ -50,5 +52,9 @@ def start(stage: str, preset: str = "auto", data_dir: str = "dataset"):
     data_cfg = make_config("data", name, data_dir=data_dir)
     cfg = make_config(stage, name)
     print(config_table(cfg))
+    if hasattr(cfg, "mixed_precision"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        print(f"mixed precision: {cfg.mixed_precision} -> {resolve_mixed_precision(cfg.mixed_precision)} "
+              f"on {device}" + (" (the CPU has bf16 instructions)" if device == "cpu" and cpu_has_bf16() else ""))
     seed_everything(getattr(cfg, "seed", 0))
     return name, data_cfg, cfg
