@@ -46,6 +46,7 @@ class Settings:
     new_tokens: int = 32       # PPO response length, exactly: EOS is suppressed
     ppo_epochs: int = 4        # PPO passes over each rollout
     temperature: float = 1.0   # PPO sampling temperature
+    lora_rank: int = 0         # PPO only: > 0 trains LoRA adapters on the actor (lora_config), 0 all weights
 
     def to_argv(self) -> list[str]:
         return ["--settings", json.dumps(asdict(self))]
@@ -189,3 +190,11 @@ def emit(st: Settings, side: str, clock: StepClock, params: dict, **extra) -> No
             "cpu_busy": sum(cpu) / (sum(timed) * threads), **extra}
     sys.stdout.write(MARK + json.dumps(line) + "\n")
     sys.stdout.flush()
+
+
+def lora_config(rank: int):
+    """The actor's adapters on both sides: every linear layer but the LM head, alpha = 2 * rank
+    (the project's notebook 3 uses the same)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for `rlhf`
 
-from common import (PAD, StepClock, causal_lm, emit, make_tokenizer, matmul_params,  # noqa: E402
-                    pair_rows, parse_settings, ppo_models, ppo_prompts, scalar_head_model,
+from common import (PAD, StepClock, causal_lm, emit, lora_config, make_tokenizer,  # noqa: E402
+                    matmul_params, pair_rows, parse_settings, ppo_models, ppo_prompts, scalar_head_model,
                     sft_rows, SHAPES)
 
 SIDE = "ours"
@@ -101,6 +101,10 @@ def bench_ppo(st):
                       actor_lr=st.lr, critic_lr=st.lr, mixed_precision=MIXED[st.precision],
                       log_samples_every=10**6, seed=st.seed)
     models = tuple(disable_dropout(m) for m in ppo_models(st.shape, st.seed))
+    params = dict(zip(("actor", "reference", "reward", "critic"), map(matmul_params, models)))
+    if st.lora_rank:  # as notebook 3 does it: adapters on the actor, no separate reference
+        from peft import get_peft_model
+        models = (get_peft_model(models[0], lora_config(st.lora_rank)), None, *models[2:])
     tokenizer = make_tokenizer(SHAPES[st.shape]["vocab_size"])
     log = IterationLog()
     log.clock.start()
@@ -109,7 +113,6 @@ def bench_ppo(st):
     timed = log.records[st.warmup:]
     phases = {p: [r[f"time_{p}"] for r in timed] for p in ("generate", "score", "train")}
     lengths = [r["response_length"] for r in timed]
-    params = dict(zip(("actor", "reference", "reward", "critic"), map(matmul_params, models)))
     emit(st, SIDE, log.clock, params, phases=phases, response_length=lengths)
 
 

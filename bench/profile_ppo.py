@@ -43,7 +43,7 @@ class ProfiledLog:
         self.torch_prof = None
         if ops:
             from torch.profiler import ProfilerActivity, profile
-            self.torch_prof = profile(activities=[ProfilerActivity.CPU])
+            self.torch_prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
 
     def __call__(self, message):
         pass
@@ -96,6 +96,9 @@ def main():
             print(f"{calls:>6} {seconds:>8.2f} {100 * seconds / total:>5.1f}%  {what} [{file}:{name}]")
     if log.torch_prof is not None:
         print(log.torch_prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        print(log.torch_prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=30,
+            max_shapes_column_width=60))
 
 
 if __name__ == "__main__":

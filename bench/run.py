@@ -30,14 +30,21 @@ TRL_VENV = BENCH / ".venv-trl"
 TRL_PPO_PATH = TRL_VENV / "trl-ppo"  # trl 1.12, the last with PPOTrainer (setup_trl.sh)
 
 # (warm-up, timed) steps per measurement; PPO counts iterations. The opt-125m shape takes
-# ~5-6 s an SFT/RM step and ~45 s a PPO iteration in fp32 on 2 idle cores: one timed step each,
-# and its PPO iteration is timed cold (no warm-up iteration), to keep the whole run under 15 min.
+# 1-6 s an SFT/RM step and 15-45 s a PPO iteration on 2 idle cores: two warm-up steps (the first
+# bf16 step of TRL's SFT is ~40% slower than the next) and two timed, and its PPO iteration is
+# timed cold (no warm-up iteration), to keep the run short.
 STEPS = {("tiny", "sft"): (2, 5), ("tiny", "rm"): (2, 5), ("tiny", "ppo"): (1, 2),
-         ("opt-125m", "sft"): (1, 1), ("opt-125m", "rm"): (1, 1), ("opt-125m", "ppo"): (0, 1)}
+         ("opt-125m", "sft"): (2, 2), ("opt-125m", "rm"): (2, 2), ("opt-125m", "ppo"): (0, 1)}
+STEPS.update({(shape, "ppo_lora"): STEPS[shape, "ppo"] for shape in ("tiny", "opt-125m")})
+# glibc's malloc told to keep freed memory (what rlhf.runtime.keep_freed_cpu_memory does inside
+# the project's processes), given to TRL's processes too in the same-settings modes (fp32, bf16)
+SAME_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 # which matmul peak a figure is a share of; "default" runs bf16 on a bf16 CPU (ours, TRL SFT/RM)
 PEAK_OF = {"fp32": "fp32", "bf16": "bf16", "default": "bf16"}
 TARGETS = {"sft_tokens_per_s": 2.0, "rm_pairs_per_s": 2.0, "ppo_s_per_iteration": 2.0,
-           "ppo_peak_rss_mib": 1.0}  # on the "ours vs TRL" scale: >= this is met
+           "ppo_peak_rss_mib": 1.0, "ppo_lora_vs_trl_full_peak_rss_mib": 1 / 0.6}
+# (on the "ours vs TRL" scale: >= this is met)
+LORA_RANK = 16  # the ppo_lora task: LoRA adapters of this rank on the actor, on both sides
 
 
 def worker(side: str, st: Settings, python_ours: str, timeout: int) -> dict:
@@ -48,6 +55,8 @@ def worker(side: str, st: Settings, python_ours: str, timeout: int) -> dict:
         cmd = [python_ours, str(BENCH / "ours.py")]
     else:
         cmd = [str(TRL_VENV / "bin" / "python"), str(BENCH / "trl_side.py")]
+        if st.precision != "default":  # same settings: the malloc behaviour the project sets
+            env.update(SAME_ALLOCATOR)    # for itself (rlhf.runtime.keep_freed_cpu_memory)
         if st.task == "ppo":
             env["PYTHONPATH"] = f"{TRL_PPO_PATH}{os.pathsep}{ROOT}"
     proc = subprocess.run(cmd + st.to_argv(), cwd=ROOT, env=env, capture_output=True, text=True,
@@ -85,10 +94,11 @@ def run_figures(line: dict) -> dict:
         return {"rm_pairs_per_s": (pairs / sum(secs), per_pair),
                 "rm_peak_rss_mib": (line["peak_rss_mib"], None)}
     flops = ppo_flops(line["params"], st)
-    out = {"ppo_s_per_iteration": (statistics.mean(secs), sum(flops.values()))}
+    ppo = "ppo_lora" if st.lora_rank else "ppo"
+    out = {f"{ppo}_s_per_iteration": (statistics.mean(secs), sum(flops.values()))}
     for phase, values in line["phases"].items():
-        out[f"ppo_{phase}_s"] = (statistics.mean(values), flops[phase])
-    out["ppo_peak_rss_mib"] = (line["peak_rss_mib"], None)
+        out[f"{ppo}_{phase}_s"] = (statistics.mean(values), flops[phase])
+    out[f"{ppo}_peak_rss_mib"] = (line["peak_rss_mib"], None)
     return out
 
 
@@ -97,6 +107,9 @@ FIGURES = {"sft_tokens_per_s": ("tokens/s", False), "sft_peak_rss_mib": ("MiB", 
            "rm_pairs_per_s": ("pairs/s", False), "rm_peak_rss_mib": ("MiB", True),
            "ppo_s_per_iteration": ("s", True), "ppo_generate_s": ("s", True),
            "ppo_score_s": ("s", True), "ppo_train_s": ("s", True), "ppo_peak_rss_mib": ("MiB", True)}
+FIGURES.update({name.replace("ppo_", "ppo_lora_"): spec for name, spec in FIGURES.items() if name.startswith("ppo_")})
+# ours with LoRA against TRL's full fine-tuning (the issue's "with the LoRA option, <= 0.6x TRL's")
+FIGURES["ppo_lora_vs_trl_full_peak_rss_mib"] = ("MiB", True)
 
 
 def summarise(name: str, runs: list[tuple[float, float | None]], peak: float) -> dict:
@@ -221,10 +234,42 @@ def figures_of(st: Settings, lines: dict, peak: dict) -> list[dict]:
     return out
 
 
+def lora_against_full(figures: list[dict]) -> list[dict]:
+    """Ours with LoRA against TRL's full fine-tuning, where both were measured (same shape and
+    precision): the issue's memory target for the LoRA option."""
+    by_key = {(f["shape"], f["precision"], f["figure"]): f for f in figures}
+    out = []
+    for (shape, precision, name), lora in by_key.items():
+        full = by_key.get((shape, precision, "ppo_peak_rss_mib"))
+        if name == "ppo_lora_peak_rss_mib" and full:
+            out.append({"figure": "ppo_lora_vs_trl_full_peak_rss_mib", "shape": shape,
+                        "precision": precision, "ours": lora["ours"], "trl": full["trl"],
+                        "ratio": full["trl"]["median"] / lora["ours"]["median"],
+                        "ratio_means": "TRL (full fine-tuning) / ours (LoRA)"})
+    return out
+
+
+def load_raw(path: str) -> list:
+    """[(settings, {side: [worker line per seed]})] from the raw lines of a results file (a
+    finished run's, or the .partial.jsonl a stopped run leaves). Of a measurement's tries, the
+    last is kept, as measure_once does."""
+    groups = {}
+    for text in Path(path).read_text().splitlines():
+        line = json.loads(text)
+        if line.get("figure") != "raw":
+            continue
+        st = Settings(**line["settings"])
+        key = replace(st, seed=0)
+        groups.setdefault(key, {"ours": {}, "trl": {}})[line["side"]][st.seed] = line
+    return [(st, {side: [runs[seed] for seed in sorted(runs)] for side, runs in sides.items()})
+            for st, sides in groups.items() if sides["ours"] and sides["trl"]]
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["tiny", "opt-125m"], choices=["tiny", "opt-125m"])
-    parser.add_argument("--tasks", nargs="+", default=["sft", "rm", "ppo"], choices=["sft", "rm", "ppo"])
+    parser.add_argument("--tasks", nargs="+", default=["sft", "rm", "ppo", "ppo_lora"],
+                        choices=["sft", "rm", "ppo", "ppo_lora"])
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "default"],
                         help="default: each side's own (ours mixed_precision='auto'; TRL's configs' bf16=True)")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per side and figure")
@@ -234,6 +279,8 @@ def parse_args():
     parser.add_argument("--min-busy", type=float, default=0.85,
                         help="redo a measurement whose CPU busy (see the table) is below this")
     parser.add_argument("--retries", type=int, default=2, help="redos per measurement at most")
+    parser.add_argument("--from-raw", metavar="JSONL", help="measure nothing: rebuild the figures and the "
+                        "table from the raw lines of an earlier run (e.g. the .partial.jsonl of one that stopped)")
     parser.add_argument("--quiet-wait", type=float, default=0.0,
                         help="before each measurement, wait up to this many seconds for other "
                              "processes to use under 25%% of the cores")
@@ -246,25 +293,28 @@ def main():
         sys.exit(f"no TRL environment at {TRL_VENV}: run bench/setup_trl.sh first")
     start, load_start = time.time(), os.getloadavg()[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).with_suffix(".partial.jsonl").unlink(missing_ok=True)
+    if not args.from_raw:
+        Path(args.out).with_suffix(".partial.jsonl").unlink(missing_ok=True)
     trl_python = str(TRL_VENV / "bin" / "python")
     machine = {"figure": "machine", "cpu": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "ours_torch_transformers": versions(args.python),
                "trl_torch_transformers_trl": versions(trl_python),
                "trl_ppo": versions(trl_python, str(TRL_PPO_PATH)).split()[-1]}
     peaks = [measure_peak(args.python)]
-    measured = []
-    for shape in args.shapes:
+    measured = load_raw(args.from_raw) if args.from_raw else []
+    for shape in args.shapes if not args.from_raw else []:
         for precision in args.precision:
             for task in args.tasks:
                 warmup, steps = STEPS[shape, task]
-                st = Settings(task=task, shape=shape, precision=precision, warmup=warmup, steps=steps)
+                lora = {"task": "ppo", "lora_rank": LORA_RANK} if task == "ppo_lora" else {"task": task}
+                st = Settings(shape=shape, precision=precision, warmup=warmup, steps=steps, **lora)
                 measured.append((st, measure(st, args)))
     peaks.append(measure_peak(args.python))
     # the better of the two peak measurements (one may have shared the cores)
     peak = {k: max(p[k] for p in peaks) for k in ("fp32", "bf16")}
     machine.update(matmul_peak_gflops=peak, peak_measurements=peaks)
     figures = [f for st, lines in measured for f in figures_of(st, lines, peak)]
+    figures += lora_against_full(figures)
     done = {"figure": "run", "seconds": round(time.time() - start), "load_avg_start": load_start,
             "load_avg_end": os.getloadavg()[0], "command": " ".join(["bench/run.py"] + sys.argv[1:])}
     raw = [{"figure": "raw", **line} for _, lines in measured for runs in lines.values() for line in runs]

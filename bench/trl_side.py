@@ -17,8 +17,8 @@ import time
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from common import (PAD, SHAPES, StepClock, causal_lm, emit, make_tokenizer,  # noqa: E402
-                    matmul_params, pair_rows, parse_settings, ppo_models, ppo_prompts,
+from common import (PAD, SHAPES, StepClock, causal_lm, emit, lora_config,  # noqa: E402
+                    make_tokenizer, matmul_params, pair_rows, parse_settings, ppo_models, ppo_prompts,
                     scalar_head_model, sft_rows)
 
 SIDE = "trl"
@@ -139,6 +139,10 @@ def bench_ppo(st):
     tokenizer.padding_side = "left"  # TRL's PPO generates from left-padded prompts
     prompts = Dataset.from_dict({"input_ids": ppo_prompts(st)})
     actor, reference, reward, critic = ppo_models(st.shape, st.seed)
+    params = dict(zip(("actor", "reference", "reward", "critic"),
+                      map(matmul_params, (actor, reference, reward, critic))))
+    if st.lora_rank:
+        reference = None  # not kept in memory: the adapter-free actor is the reference
     n = st.warmup + st.steps
     phases = PPOPhases(module)
     if st.precision == "bf16":
@@ -153,14 +157,13 @@ def bench_ppo(st):
                          num_ppo_epochs=st.ppo_epochs, response_length=st.new_tokens,
                          temperature=st.temperature, stop_token=None, num_sample_generations=0,
                          missing_eos_penalty=1.0, kl_coef=0.1, logging_steps=1)
-        trainer = PPOTrainer(args=args, processing_class=tokenizer, model=actor,
-                             ref_model=reference, reward_model=reward, value_model=critic,
-                             train_dataset=prompts, eval_dataset=prompts)
+        lora = dict(peft_config=lora_config(st.lora_rank), ref_model=None) if st.lora_rank else \
+            dict(ref_model=reference)  # with LoRA, TRL too uses the adapter-free actor as reference
+        trainer = PPOTrainer(args=args, processing_class=tokenizer, model=actor, reward_model=reward,
+                             value_model=critic, train_dataset=prompts, eval_dataset=prompts, **lora)
         trainer.add_callback(phases.callback())
         trainer.train()
     timed = phases.rows[st.warmup:]
-    params = dict(zip(("actor", "reference", "reward", "critic"),
-                      map(matmul_params, (actor, reference, reward, critic))))
     emit(st, SIDE, phases.clock, params,
          phases={p: [r[p] for r in timed] for p in ("generate", "score", "train")},
          response_length=[float(r["response_width"]) for r in timed])

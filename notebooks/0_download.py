@@ -18,6 +18,7 @@
 # %% parameters
 PRESET = "auto"     # "auto", "tiny", "ci" or "opt-125m"
 DATA = "dataset"    # a folder holding train.json and eval.json
+MODEL = ""          # a hub id instead of the preset's base model, e.g. "facebook/opt-350m"
 
 # %%
 # Move into the project folder (on Colab: a clone in /content or on Drive) and set it up.
@@ -39,7 +40,7 @@ print("project:", os.getcwd(), "| Colab:", util.in_colab(), "| GPU:", util.has_g
 # %%
 preset, reason = util.resolve_preset(PRESET, decide_anew=True)
 print(f"preset: {preset} ({reason})")
-base_cfg = util.make_config("base", preset)
+base_cfg = util.make_config("base", preset, **({"model_name": MODEL, "use_hub": True} if MODEL else {}))
 data_cfg = util.make_config("data", preset, data_dir=DATA)
 print(util.config_table(base_cfg)); print(); print(util.config_table(data_cfg))
 

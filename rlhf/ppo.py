@@ -14,20 +14,25 @@ import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- logits -> logprobs
 
+def scale(logits, temperature: float):
+    """logits / T; at T = 1 the logits themselves (a pass over (B, R, V) saved, forward and back)."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def logprobs_from_logits(logits, tokens, temperature=1.0):
     """log pi(token) = logits[token]/T - logsumexp(logits/T), always in float32.
 
     The logits are cast up before the softmax, so bf16/fp16 models still give fp32 logprobs.
     Pass the sampling temperature (checklist #5), else the first PPO ratio is not 1.
     """
-    logits = logits.float() / temperature                                 # (B, R, V)
+    logits = scale(logits.float(), temperature)                           # (B, R, V)
     token_logits = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)    # (B, R)
     return token_logits - torch.logsumexp(logits, dim=-1)                 # (B, R)
 
 
 def entropy_from_logits(logits, temperature=1.0):
     """H = -sum_v pi(v) log pi(v) of the temperature-scaled distribution, in float32."""
-    all_logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)  # (B, R, V)
+    all_logprobs = torch.log_softmax(scale(logits.float(), temperature), dim=-1)  # (B, R, V)
     return -(all_logprobs.exp() * all_logprobs).sum(-1)                     # (B, R)
 
 

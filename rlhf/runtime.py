@@ -67,6 +67,30 @@ def resolve_mixed_precision(mode: str) -> str:
     return "bf16" if cpu_has_bf16() else "no"
 
 
+def keep_freed_cpu_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the system.
+
+    Every training step allocates and frees the same big CPU tensors (an embedding's gradient,
+    the logits). glibc serves blocks over 32 MB with mmap and unmaps them when they are freed,
+    so each step gets fresh pages that the kernel faults in and zeroes 4 KiB at a time. On the
+    2-core machines here that was 9% of a PPO iteration of the opt-125m shape, spent zero-filling
+    embedding gradients; with this call an iteration took 32% less time and an SFT step 23% less
+    (bench/README.md). It is what PyTorch's caching allocator does on a GPU, and what jemalloc or
+    tcmalloc give under LD_PRELOAD. The price: the process keeps its peak memory until it ends.
+    Returns False (and changes nothing) where the C library is not glibc.
+    """
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # musl, or no libc.so.6
+        return False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -17,7 +17,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from . import faults
 from .checkpoint import has_train_state, load_train_state, load_weights, save_checkpoint
-from .runtime import free_gpu_cache, is_oom, resolve_mixed_precision
+from .runtime import free_gpu_cache, is_oom, keep_freed_cpu_memory, resolve_mixed_precision
 
 
 def make_accelerator(mixed_precision: str):
@@ -27,6 +27,8 @@ def make_accelerator(mixed_precision: str):
     from accelerate.state import AcceleratorState
 
     precision = resolve_mixed_precision(mixed_precision)
+    if not torch.cuda.is_available():
+        keep_freed_cpu_memory()  # no page faults on every step's big tensors (runtime.py)
     if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
         # Accelerate keeps one state per process and refuses a second precision ("restart your
         # runtime"); forget it, so a stage can run again with another config in the same kernel.

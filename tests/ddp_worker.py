@@ -93,10 +93,19 @@ def run_ppo(per_device):
     return accelerator.unwrap_model(actor)
 
 
-if __name__ == "__main__":
-    task, out, per_device = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+def run(task, out, per_device):
     model = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo}[task](per_device)
     state = Accelerator(cpu=True)
     weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(weights, str(out / f"{task}-{state.num_processes}-{state.process_index}.safetensors"))
     save_file({k: v.contiguous() for k, v in INITIAL.items()}, str(out / f"{task}-initial.safetensors"))
+
+
+if __name__ == "__main__":
+    task, out, per_device = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    if len(sys.argv) > 4:  # notebook_launcher PROCESSES PORT: what a notebook cell would call
+        from accelerate import notebook_launcher
+        notebook_launcher(run, (task, out, per_device), num_processes=int(sys.argv[4]),
+                          master_addr="127.0.0.1", use_port=sys.argv[5])
+    else:
+        run(task, out, per_device)

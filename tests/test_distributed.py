@@ -18,9 +18,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(task, out, per_device, processes):
+def launch(task, out, per_device, processes, launcher="torchrun"):
     if processes == 1:
         cmd = [sys.executable, str(WORKER), task, str(out), str(per_device)]
+    elif launcher == "notebook_launcher":
+        cmd = [sys.executable, str(WORKER), task, str(out), str(per_device), str(processes), str(free_port())]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), task,
@@ -47,6 +49,21 @@ def test_two_processes_match_one_with_the_same_effective_batch(task, per_device,
     update_two, update_one = flat(rank0) - flat(initial), flat(single) - flat(initial)
     assert update_one.norm() > 0
     assert (update_two - update_one).norm() / update_one.norm() < 0.02
+
+
+def test_notebook_launcher_runs_the_same_training_in_two_processes(tmp_path):
+    """accelerate.notebook_launcher (fork, gloo on the CPU) around the unchanged fit: the ranks
+    agree, and match the same run launched by torchrun exactly."""
+    launch("sft", tmp_path, 4, 2, launcher="notebook_launcher")
+    forked = [load_file(str(tmp_path / f"sft-2-{rank}.safetensors")) for rank in (0, 1)]
+    initial = load_file(str(tmp_path / "sft-initial.safetensors"))
+    (tmp_path / "torchrun").mkdir()
+    launch("sft", tmp_path / "torchrun", 4, 2)
+    torchrun = load_file(str(tmp_path / "torchrun" / "sft-2-0.safetensors"))
+    assert any(not torch.equal(forked[0][k], initial[k]) for k in initial)  # it trained
+    for name in forked[0]:
+        assert torch.equal(forked[0][name], forked[1][name]), f"{name} differs between ranks"
+        torch.testing.assert_close(forked[0][name], torchrun[name], atol=1e-6, rtol=0)
 
 
 def test_a_stage_runs_as_a_script_under_two_processes(tmp_path):

@@ -1,7 +1,9 @@
 """Base models: the offline decision, the fallback, each architecture, checkpoints, the reward
 read at the last real token, and the SFT loss mask."""
 import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,3 +159,32 @@ def test_interrupted_swap_recovers_previous_checkpoint(tmp_path, tiny_tokenizer)
 def test_missing_checkpoint_names_the_notebook(tmp_path):
     with pytest.raises(FileNotFoundError, match="1_actor.ipynb"):
         checkpoint.require_checkpoint(tmp_path / "actor", "actor")
+
+
+@pytest.mark.parametrize("bf16_cpu, expected", [(True, "bf16"), (False, "no")])
+def test_auto_precision_on_a_cpu_follows_its_bf16_support(monkeypatch, bf16_cpu, expected):
+    from rlhf import runtime
+
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: bf16_cpu)
+    assert runtime.resolve_mixed_precision("auto") == expected
+    assert runtime.resolve_mixed_precision("no") == "no"  # an explicit choice is kept
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a glibc setting")
+@pytest.mark.parametrize("keep", [False, True])
+def test_freed_cpu_memory_stays_for_reuse_only_when_asked(keep):
+    """keep_freed_cpu_memory: a freed 200 MB tensor stays in the process (no fresh pages for the
+    next one); by default glibc hands it back at once."""
+    import subprocess
+    code = (
+        "import re, torch\n"
+        "from rlhf.runtime import keep_freed_cpu_memory\n"
+        "rss = lambda: int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024\n"
+        f"assert keep_freed_cpu_memory() if {keep} else True\n"
+        "base = rss(); x = torch.ones(50_000_000); del x\n"
+        "print(rss() - base)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    kept_mib = int(out.stdout.split()[-1])
+    assert (kept_mib > 150) == keep, kept_mib

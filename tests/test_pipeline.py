@@ -73,3 +73,25 @@ def test_committed_notebooks_match_sources_and_carry_no_outputs():
         notebook = json.loads((ROOT / f"{name}.ipynb").read_text())
         assert all(not c.get("outputs") for c in notebook["cells"])
         assert any("parameters" in c["metadata"].get("tags", []) for c in notebook["cells"])
+
+
+def test_another_base_model_reaches_stage_0_as_a_script(tmp_path):
+    """`tools/run_stage.py 0 --model ID` (the README's multi-GPU recipe) asks the hub for ID; here,
+    offline, it says so and falls back to the built-in model."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import copy_project
+
+    project = copy_project(tmp_path)
+    result = subprocess.run([sys.executable, "tools/run_stage.py", "0", "--preset", "ci", "--model",
+                             "facebook/opt-350m"], cwd=project, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_ENDPOINT": "https://hub.invalid",
+                                              "MPLBACKEND": "Agg"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model_name" in result.stdout and "facebook/opt-350m" in result.stdout  # the config table
+    assert "cannot use facebook/opt-350m" in result.stdout
+    metrics = json.loads((project / "model" / "base" / "metrics.json").read_text())
+    assert metrics["preset"] == "ci" and not metrics["source"].startswith("hub:")

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["0_download", "1_actor", "2_critic", "3_rlhf", "4_test"]
 
 
-def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path | None = None) -> dict:
+def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path | None = None,
+                  model: str = "") -> dict:
     """Run the notebooks under `root`; returns {notebook: seconds}. Raises on the first failure."""
     import papermill
 
@@ -30,7 +31,9 @@ def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path |
         start = time.time()
         print(f"== {name}.ipynb (preset {preset}, data {data})", flush=True)
         papermill.execute_notebook(str(root / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"),
-                                   parameters={"PRESET": preset, "DATA": data}, cwd=str(root),
+                                   parameters={"PRESET": preset, "DATA": data,
+                                               **({"MODEL": model} if model and name[0] == "0" else {})},
+                                   cwd=str(root),
                                    kernel_name="python3", progress_bar=False)
         seconds[name] = round(time.time() - start, 1)
         print(f"   done in {seconds[name]} s -> {out_dir / (name + '.ipynb')}", flush=True)
@@ -56,9 +59,10 @@ def main() -> int:
     parser.add_argument("--preset", default="auto")
     parser.add_argument("--data", default="dataset")
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 0 1 2")
+    parser.add_argument("--model", default="", help="a hub id instead of the preset's base model")
     args = parser.parse_args()
     start = time.time()
-    seconds = run_notebooks(ROOT, args.preset, args.data, args.only)
+    seconds = run_notebooks(ROOT, args.preset, args.data, args.only, model=args.model)
     print(f"\nall notebooks: {time.time() - start:.0f} s {seconds}")
     (ROOT / "runs" / "timings.json").write_text(json.dumps(seconds, indent=2) + "\n")
     print_summary(ROOT)

@@ -1,6 +1,7 @@
 """Run one stage's notebook source as a plain script: for `accelerate launch`, torchrun or SSH.
 
     python tools/run_stage.py 1 --preset tiny --data dataset
+    python tools/run_stage.py 0 --preset opt-125m --model facebook/opt-1.3b   # another base model
     accelerate launch --config_file configs/accelerate/ddp.yaml tools/run_stage.py 1 --preset opt-125m
 
 A notebook source (notebooks/N_*.py) is ordinary Python; this runs its code cells in order, with
@@ -20,8 +21,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 from build_notebooks import parse_cells  # noqa: E402
 
 
-def stage_code(number: str, preset: str, data: str) -> str:
-    """The code of notebook `number`, with the parameters overridden after their cell."""
+def stage_code(number: str, preset: str, data: str, model: str = "") -> str:
+    """The code of notebook `number`, with the parameters overridden after their cell (MODEL, the
+    base model's hub id, only where given: notebook 0 has it)."""
     source = next((ROOT / "notebooks").glob(f"{number}_*.py"))
     code = []
     for cell in parse_cells(source.read_text()):
@@ -29,7 +31,7 @@ def stage_code(number: str, preset: str, data: str) -> str:
             continue
         code.append("".join(cell["source"]))
         if "parameters" in cell["metadata"].get("tags", []):
-            code.append(f"PRESET = {preset!r}\nDATA = {data!r}")
+            code.append(f"PRESET = {preset!r}\nDATA = {data!r}" + (f"\nMODEL = {model!r}" if model else ""))
     return "\n\n".join(code) + "\n"
 
 
@@ -38,10 +40,11 @@ def main() -> int:
     parser.add_argument("stage", help="notebook number: 0, 1, 2, 3 or 4")
     parser.add_argument("--preset", default="auto")
     parser.add_argument("--data", default="dataset")
+    parser.add_argument("--model", default="", help="stage 0: a hub id instead of the preset's base model")
     args = parser.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.chdir(ROOT)
-    code = stage_code(args.stage, args.preset, args.data)
+    code = stage_code(args.stage, args.preset, args.data, args.model)
     exec(compile(code, f"notebooks/{args.stage}_stage.py", "exec"), {"__name__": "__main__"})
     return 0
 
