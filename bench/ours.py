@@ -95,16 +95,18 @@ def bench_ppo(st):
     from rlhf.ppo_loop import train_ppo
     from rlhf.rollout import disable_dropout
 
-    cfg = make_config("ppo", "opt-125m", iterations=st.warmup + st.steps,
+    cfg = make_config("ppo", "opt-125m", iterations=st.warmup + st.steps, lora_rank=st.lora_rank,
+                      critic_lora_rank=st.lora_rank,
                       rollout_batch=st.prompts, minibatch=st.prompts, ppo_epochs=st.ppo_epochs,
                       max_new_tokens=st.new_tokens, temperature=st.temperature,
                       actor_lr=st.lr, critic_lr=st.lr, mixed_precision=MIXED[st.precision],
                       log_samples_every=10**6, seed=st.seed)
     models = tuple(disable_dropout(m) for m in ppo_models(st.shape, st.seed))
     params = dict(zip(("actor", "reference", "reward", "critic"), map(matmul_params, models)))
-    if st.lora_rank:  # as notebook 3 does it: adapters on the actor, no separate reference
+    if st.lora_rank:  # as notebook 3 does it: adapters on the actor (no separate reference) and critic
         from peft import get_peft_model
-        models = (get_peft_model(models[0], lora_config(st.lora_rank)), None, *models[2:])
+        models = (get_peft_model(models[0], lora_config(st.lora_rank)), None, models[2],
+                  get_peft_model(models[3], lora_config(st.lora_rank, "SEQ_CLS")))
     tokenizer = make_tokenizer(SHAPES[st.shape]["vocab_size"])
     log = IterationLog()
     log.clock.start()

@@ -196,7 +196,7 @@ def measure_once(side: str, st: Settings, args) -> dict:
         busy_before = wait_quiet(args.quiet_wait)
         started = time.time()
         line = worker(side, st, args.python, args.timeout)
-        print(f"[{st.shape} {st.precision} {st.task}] seed {st.seed} {side}: "
+        print(f"[{st.shape} {st.precision} {st.task}{' lora' if st.lora_rank else ''}] seed {st.seed} {side}: "
               f"{time.time() - started:.0f} s, CPU busy {line['cpu_busy']:.2f}", file=sys.stderr)
         line.update(others_busy_before=busy_before, attempts=attempt + 1)
         with open(Path(args.out).with_suffix(".partial.jsonl"), "a") as f:  # kept if the run dies

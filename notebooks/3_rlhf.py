@@ -93,7 +93,9 @@ print("at the start:", {k: float(v) for k, v in ppo.policy_loss(logprobs, logpro
 # ## The four models
 # Dropout is switched off in all of them, so the log-probs of the rollout and of the first
 # training pass agree exactly. With `lora_rank > 0` only LoRA adapters train, and the reference
-# is the same network with its adapters switched off (no second copy in memory).
+# is the same network with its adapters switched off (no second copy in memory). With
+# `critic_lora_rank > 0` the critic trains adapters and its value head only, which saves its
+# gradients and AdamW state (3x its weights) in memory.
 
 # %%
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -114,6 +116,10 @@ if cfg.lora_rank:
     reference = None
 else:
     reference = disable_dropout(AutoModelForCausalLM.from_pretrained(actor_dir)).eval()
+if cfg.critic_lora_rank:  # adapters on the critic too; peft keeps its value head ("score") fully trainable
+    from peft import LoraConfig, get_peft_model
+    critic = get_peft_model(critic, LoraConfig(r=cfg.critic_lora_rank, lora_alpha=2 * cfg.critic_lora_rank,
+                                               target_modules="all-linear", task_type="SEQ_CLS"))
 print("reward statistics of SFT answers:", reward_stats)
 
 train_rows, eval_rows = util.load_dataset_dir(DATA)

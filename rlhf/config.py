@@ -111,6 +111,7 @@ class PPOConfig:
     max_bad_updates: int = 5               # stop after this many non-finite updates in a row
     mixed_precision: str = "auto"          # as ActorConfig.mixed_precision
     lora_rank: int = 0                     # >0: train LoRA adapters only (peft); the reference is the adapter-disabled actor
+    critic_lora_rank: int = 0              # >0: LoRA adapters on the critic too, its value head trained fully (DeepSpeed-Chat's critic_lora_dim)
     checkpoint_every: int = 20             # save a resumable checkpoint every N iterations (0 = never)
     log_samples_every: int = 10            # keep a sample table row every N iterations
     seed: int = 42                         # seed of prompt order and sampling
@@ -177,7 +178,7 @@ _POSITIVE = {"lr", "actor_lr", "critic_lr", "batch_size", "grad_accum", "epochs"
              "num_heads", "ffn_dim", "max_positions", "samples_per_prompt", "max_grad_norm",
              "hub_timeout_s", "score_clip", "target_kl", "kl_horizon", "max_bad_updates", "max_bad_steps"}
 _NON_NEGATIVE = {"weight_decay", "kl_coef", "vf_coef", "missing_eos_penalty", "checkpoint_every",
-                 "max_steps", "max_eval_rows", "max_prompts", "lora_rank", "sample_prompts",
+                 "max_steps", "max_eval_rows", "max_prompts", "lora_rank", "critic_lora_rank", "sample_prompts",
                  "clip_value"}
 _UNIT = {"warmup_ratio", "dropout", "gamma", "lam"}  # in [0, 1]
 

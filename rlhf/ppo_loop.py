@@ -170,13 +170,13 @@ def load_resume(resume_dir, actor, critic, opts, schedules, log):
 
     if not (resume_dir and has_train_state(resume_dir)):
         return None
-    if hasattr(actor, "disable_adapter"):  # LoRA: only the adapters were saved
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-        set_peft_model_state_dict(actor, load_file(f"{resume_dir}/adapter_model.safetensors"))
-    else:
-        load_weights(actor, resume_dir)
-    load_weights(critic, f"{resume_dir}/critic")
+    for model, folder in ((actor, resume_dir), (critic, f"{resume_dir}/critic")):
+        if hasattr(model, "disable_adapter"):  # LoRA: only the adapters (and value head) were saved
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+            set_peft_model_state_dict(model, load_file(f"{folder}/adapter_model.safetensors"))
+        else:
+            load_weights(model, folder)
     progress = load_train_state(resume_dir, dict(zip(("actor", "critic"), opts)),
                                 dict(zip(("actor", "critic"), schedules)))
     log(f"resumed from {resume_dir} at iteration {progress['iteration']}")

@@ -24,10 +24,12 @@ class TokenScorer(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                       position_ids=position_ids_from_mask(attention_mask),
-                                       use_cache=False).last_hidden_state
-        return self.model.score(hidden).squeeze(-1).float()  # (B, T)
+        # with LoRA (a peft model) the transformer and head sit one level down, adapters injected
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                  position_ids=position_ids_from_mask(attention_mask),
+                                  use_cache=False).last_hidden_state
+        return model.score(hidden).squeeze(-1).float()  # (B, T)
 
 
 def token_scores(model, input_ids, attention_mask):

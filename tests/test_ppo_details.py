@@ -322,3 +322,36 @@ def test_lora_trains_only_adapters_and_the_reference_is_the_base(tiny_tokenizer)
     assert differs and all(k.endswith("proj.weight") or ".fc" in k for k in differs)
     plain = untouched.merge_and_unload().state_dict()
     assert all(torch.equal(plain[k], v) for k, v in original.state_dict().items())
+
+
+def test_critic_lora_trains_adapters_and_value_head_and_resumes_exactly(tiny_tokenizer, tmp_path):
+    """critic_lora_rank: only the critic's adapters and its value head train (the reward model it
+    was copied from is untouched), and a run resumed from its checkpoint ends where an
+    uninterrupted one does."""
+    from peft import LoraConfig, get_peft_model
+
+    messages = []
+
+    def run(resume_dir=None, checkpoint_every=0):
+        actor, reference, reward_model, critic = make_models(tiny_tokenizer)
+        critic = get_peft_model(critic, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                   task_type="SEQ_CLS"))
+        before = {k: v.clone() for k, v in critic.state_dict().items()}
+        cfg = make_config("ppo", "ci", iterations=3, max_new_tokens=6, rollout_batch=8, minibatch=4,
+                          critic_lora_rank=4, checkpoint_every=checkpoint_every)
+        _, critic, history, _ = train_ppo((actor, reference, reward_model, critic), tiny_tokenizer,
+                                          prompt_ids(tiny_tokenizer, 8), cfg, STATS, log=messages.append,
+                                          progress=False, resume_dir=resume_dir)
+        return before, critic, history
+
+    before, critic, history = run()
+    changed = {k for k, v in critic.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all("lora_" in k or ".score." in k for k in changed)
+    assert any(".score." in k for k in changed)  # the value head learns in full
+    run(tmp_path / "resume", checkpoint_every=2)  # leaves a checkpoint at iteration 2
+    messages.clear()
+    _, resumed, resumed_history = run(tmp_path / "resume", checkpoint_every=2)  # runs iteration 3 only
+    assert any(m.startswith("resumed from") and "iteration 2" in m for m in messages), messages
+    assert [h["iteration"] for h in resumed_history] == [1, 2, 3]
+    for k, v in critic.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-6, rtol=0)
