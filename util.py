@@ -16,7 +16,8 @@ from rlhf.data import (DataError, collate_pairs, collate_prompts, collate_sft, e
                        pad_left, pad_right, split_rows)
 from rlhf.generation import chat, complete, decode_responses, generate, position_ids_from_mask
 from rlhf.models import (check_tokenizer_matches, count_parameters, ensure_pad_token, get_base,
-                         has_gpu, hub_reachable, load_tokenizer, resolve_preset, train_tokenizer)
+                         has_gpu, hub_reachable, load_tokenizer, lora_config, resolve_preset,
+                         train_tokenizer)
 from rlhf.runtime import (RunLog, cpu_has_bf16, find_project_root, free_gpu_cache, in_colab,
                           resolve_mixed_precision, seed_everything, setup_colab)
 from rlhf.tasks import gold_breakdown, gold_score

@@ -46,7 +46,7 @@ class Settings:
     new_tokens: int = 32       # PPO response length, exactly: EOS is suppressed
     ppo_epochs: int = 4        # PPO passes over each rollout
     temperature: float = 1.0   # PPO sampling temperature
-    lora_rank: int = 0         # PPO only: > 0 each side's LoRA option at this rank (lora_config): ours on the
+    lora_rank: int = 0         # PPO only: > 0 each side's LoRA option at this rank (rlhf.models.lora_config): ours on the
                                # actor and the critic (critic_lora_rank), TRL's PPOTrainer on the policy (its only one)
 
     def to_argv(self) -> list[str]:
@@ -191,11 +191,3 @@ def emit(st: Settings, side: str, clock: StepClock, params: dict, **extra) -> No
             "cpu_busy": sum(cpu) / (sum(timed) * threads), **extra}
     sys.stdout.write(MARK + json.dumps(line) + "\n")
     sys.stdout.flush()
-
-
-def lora_config(rank: int, task_type: str = "CAUSAL_LM"):
-    """Adapters on every linear layer but the output layer, alpha = 2 * rank, as notebook 3 adds
-    them (SEQ_CLS: the critic, whose value head peft then trains in full)."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type=task_type)

@@ -16,9 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for `rlhf`
 
-from common import (PAD, StepClock, causal_lm, emit, lora_config, make_tokenizer,  # noqa: E402
+from common import (PAD, StepClock, causal_lm, emit, make_tokenizer,  # noqa: E402
                     matmul_params, pair_rows, parse_settings, ppo_models, ppo_prompts, scalar_head_model,
                     sft_rows, SHAPES)
+
+from rlhf.models import lora_config  # noqa: E402  (the project's adapters, on both sides)
 
 SIDE = "ours"
 MIXED = {"fp32": "no", "bf16": "bf16", "default": "auto"}  # Settings.precision -> mixed_precision

@@ -17,9 +17,11 @@ import time
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from common import (PAD, SHAPES, StepClock, causal_lm, emit, lora_config,  # noqa: E402
+from common import (PAD, SHAPES, StepClock, causal_lm, emit,  # noqa: E402
                     make_tokenizer, matmul_params, pair_rows, parse_settings, ppo_models, ppo_prompts,
                     scalar_head_model, sft_rows)
+
+from rlhf.models import lora_config  # noqa: E402  (the project's adapters, on both sides)
 
 SIDE = "trl"
 

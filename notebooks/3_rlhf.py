@@ -110,16 +110,14 @@ reward_stats = util.read_json(f"{critic_dir}/reward_stats.json")
 for name, model in (("actor", actor), ("critic", critic)):
     util.check_tokenizer_matches(model, tokenizer, f"model/{name}")
 if cfg.lora_rank:
-    from peft import LoraConfig, get_peft_model
-    actor = get_peft_model(actor, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
-                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    from peft import get_peft_model
+    actor = get_peft_model(actor, util.lora_config(cfg.lora_rank))
     reference = None
 else:
     reference = disable_dropout(AutoModelForCausalLM.from_pretrained(actor_dir)).eval()
 if cfg.critic_lora_rank:  # adapters on the critic too; peft keeps its value head ("score") fully trainable
-    from peft import LoraConfig, get_peft_model
-    critic = get_peft_model(critic, LoraConfig(r=cfg.critic_lora_rank, lora_alpha=2 * cfg.critic_lora_rank,
-                                               target_modules="all-linear", task_type="SEQ_CLS"))
+    from peft import get_peft_model
+    critic = get_peft_model(critic, util.lora_config(cfg.critic_lora_rank, "SEQ_CLS"))
 print("reward statistics of SFT answers:", reward_stats)
 
 train_rows, eval_rows = util.load_dataset_dir(DATA)

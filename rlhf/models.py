@@ -159,3 +159,11 @@ def resolve_preset(preset: str = "auto", base_dir="model/base", decide_anew: boo
     if not ok:
         return "tiny", f"a GPU but no model hub ({why})"
     return "opt-125m", "a GPU and the model hub are both reachable"
+
+
+def lora_config(rank: int, task_type: str = "CAUSAL_LM"):
+    """LoRA adapters of `rank` on every linear layer but the output layer, alpha = 2 * rank.
+    CAUSAL_LM for the actor; SEQ_CLS for the critic, whose value head peft then trains in full."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type=task_type)

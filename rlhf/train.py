@@ -26,14 +26,14 @@ def make_accelerator(mixed_precision: str):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    precision = resolve_mixed_precision(mixed_precision)
-    if not torch.cuda.is_available():
+    precision, on_cpu = resolve_mixed_precision(mixed_precision), not torch.cuda.is_available()
+    if on_cpu:
         keep_freed_cpu_memory()  # no page faults on every step's big tensors (runtime.py)
     if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
         # Accelerate keeps one state per process and refuses a second precision ("restart your
         # runtime"); forget it, so a stage can run again with another config in the same kernel.
         AcceleratorState._reset_state()  # the process group (PartialState) is kept
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=precision, cpu=on_cpu)
 
 
 def adamw(model, lr: float, **kwargs):
