@@ -18,8 +18,9 @@ from rlhf.generation import chat, complete, decode_responses, generate, position
 from rlhf.models import (check_tokenizer_matches, count_parameters, ensure_pad_token, get_base,
                          has_gpu, hub_reachable, load_tokenizer, lora_config, resolve_preset,
                          train_tokenizer)
-from rlhf.runtime import (RunLog, cpu_has_bf16, find_project_root, free_gpu_cache, in_colab,
-                          resolve_mixed_precision, seed_everything, setup_colab)
+from rlhf.colab import find_project_root, in_colab, setup_colab
+from rlhf.runtime import (RunLog, cpu_has_bf16, free_gpu_cache, resolve_mixed_precision,
+                          seed_everything)
 from rlhf.tasks import gold_breakdown, gold_score
 from rlhf.train import fit
 from rlhf import ppo, reward, sft

@@ -1,52 +1,17 @@
-"""Plumbing written once: Colab set-up, project folder, device and precision, seeds, GPU cache,
-logging. Each is a one-line call from the notebooks."""
+"""Plumbing written once: device and precision, seeds, GPU cache, logging (Colab set-up is in
+rlhf/colab.py). Each is a one-line call from the notebooks."""
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-# import name -> pip requirement, for what Colab may lack (torch is never reinstalled there)
-COLAB_NEEDS = {"transformers": "transformers>=5.0,<6", "tokenizers": "tokenizers>=0.21",
-               "safetensors": "safetensors", "datasets": "datasets", "accelerate": "accelerate",
-               "peft": "peft", "matplotlib": "matplotlib", "tqdm": "tqdm"}
-
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
-
-
-def find_project_root(start=None) -> Path:
-    """The folder holding util.py: the current one, a parent, or (Colab) a cloned copy."""
-    start = Path(start or os.getcwd()).resolve()
-    for folder in [start, *start.parents]:
-        if (folder / "util.py").exists() and (folder / "rlhf").is_dir():
-            return folder
-    for guess in [Path("/content/simple-rlhf-tiny"), Path("/content/drive/MyDrive/simple-rlhf-tiny")]:
-        if (guess / "util.py").exists():
-            return guess
-    raise FileNotFoundError(f"cannot find the project (a folder with util.py) from {start}")
-
-
-def setup_colab(log=print) -> list[str]:
-    """On Colab, pip-install the packages that are missing (never torch). Elsewhere, nothing."""
-    if not in_colab():
-        return []
-    missing = [req for name, req in COLAB_NEEDS.items() if importlib.util.find_spec(name) is None]
-    if missing:
-        log(f"[colab] installing {missing}")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
-    return missing
-
 
 def cpu_has_bf16() -> bool:
     """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Elsewhere torch emulates bf16
