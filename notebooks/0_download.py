@@ -19,17 +19,8 @@
 PRESET = "auto"     # "auto", "tiny", "ci" or "opt-125m"
 DATA = "dataset"    # a folder holding train.json and eval.json
 MODEL = ""          # a hub id instead of the preset's base model, e.g. "facebook/opt-350m"
-
-# %%
-# Move into the project folder (on Colab: a clone in /content or on Drive) and set it up.
-import os, sys  # move into the project folder (on Colab: a clone in /content or on Drive)
-for folder in [os.getcwd(), os.path.dirname(os.getcwd()), "/content/simple-rlhf-tiny",
-               "/content/drive/MyDrive/simple-rlhf-tiny"]:
-    if os.path.exists(os.path.join(folder, "util.py")):
-        os.chdir(folder); sys.path.insert(0, folder); break
-import util
-util.setup_colab()
-print("project:", os.getcwd(), "| Colab:", util.in_colab(), "| GPU:", util.has_gpu())
+PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
+REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
 # %% [markdown]
 # ## Which preset?

@@ -19,14 +19,10 @@
 # %% parameters
 PRESET = "auto"
 DATA = "dataset"
+PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
+REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
 # %%
-import os, sys  # move into the project folder (on Colab: a clone in /content or on Drive)
-for folder in [os.getcwd(), os.path.dirname(os.getcwd()), "/content/simple-rlhf-tiny",
-               "/content/drive/MyDrive/simple-rlhf-tiny"]:
-    if os.path.exists(os.path.join(folder, "util.py")):
-        os.chdir(folder); sys.path.insert(0, folder); break
-import util
 import inspect, torch
 from util import ppo
 

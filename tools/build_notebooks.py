@@ -4,16 +4,38 @@
     python tools/build_notebooks.py --check  # exit 1 if a committed notebook is out of date
 
 A source is plain Python: `# %%` starts a code cell, `# %% [markdown]` a markdown cell whose
-lines start with "# ", and `# %% parameters` the papermill parameters cell. Committed notebooks
-carry no outputs.
+lines start with "# ", and `# %% parameters` the papermill parameters cell. Right after the
+parameters cell, every notebook gets the same first code cell, FIRST_CELL below: it finds the
+project, sets up Colab and imports util. Committed notebooks carry no outputs.
 """
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The project cannot be imported before it is found, so the first cell carries its finder: these
+# functions, copied from rlhf/colab.py (where they are tested) into {functions}.
+FIRST_CELL_FUNCTIONS = ("in_colab", "find_project_root", "locate_project")
+FIRST_CELL = """\
+# @title Find the project, set up Colab, import util
+# The same cell in every notebook, written by tools/build_notebooks.py from rlhf/colab.py.
+import os, subprocess, sys
+from pathlib import Path
+
+
+{functions}
+
+
+root = locate_project(PROJECT_SEARCH, REPO_URL)
+os.chdir(root); sys.path.insert(0, str(root))
+from rlhf.colab import setup_colab
+setup_colab(root)  # Colab only: install or upgrade what requirements.txt asks for (never torch)
+import util  # only now: it imports transformers
+print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())"""
 
 
 def parse_cells(text: str) -> list[dict]:
@@ -46,9 +68,28 @@ def make_cell(kind: str, source: str) -> dict:
     return {"cell_type": "code", "execution_count": None, "metadata": metadata, "outputs": [], "source": text}
 
 
+def first_cell() -> dict:
+    """FIRST_CELL with the functions from rlhf/colab.py; Colab shows it folded, as a form."""
+    text = (ROOT / "rlhf" / "colab.py").read_text()
+    nodes = {node.name: node for node in ast.parse(text).body if isinstance(node, ast.FunctionDef)}
+    functions = "\n\n\n".join(ast.get_source_segment(text, nodes[name]) for name in FIRST_CELL_FUNCTIONS)
+    cell = make_cell("code", FIRST_CELL.format(functions=functions))
+    cell["metadata"]["cellView"] = "form"
+    return cell
+
+
+def notebook_cells(source: Path) -> list[dict]:
+    """The cells of a notebook source, with the first cell inserted after the parameters cell."""
+    cells = parse_cells(source.read_text())
+    tagged = [i for i, cell in enumerate(cells) if "parameters" in cell["metadata"].get("tags", [])]
+    if len(tagged) != 1:
+        raise ValueError(f"{source.name}: needs exactly one '# %% parameters' cell, has {len(tagged)}")
+    return cells[:tagged[0] + 1] + [first_cell()] + cells[tagged[0] + 1:]
+
+
 def build(source: Path) -> str:
     notebook = {
-        "cells": parse_cells(source.read_text()),
+        "cells": notebook_cells(source),
         "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                      "language_info": {"name": "python"}},
         "nbformat": 4, "nbformat_minor": 5,

@@ -4,10 +4,10 @@
     python tools/run_stage.py 0 --preset opt-125m --model facebook/opt-1.3b   # another base model
     accelerate launch --config_file configs/accelerate/ddp.yaml tools/run_stage.py 1 --preset opt-125m
 
-A notebook source (notebooks/N_*.py) is ordinary Python; this runs its code cells in order, with
-PRESET and DATA set right after the parameters cell (what papermill does). Plots go to the
-non-interactive backend. In a multi-process run every process runs the stage; only rank 0
-writes checkpoints and logs.
+A notebook source (notebooks/N_*.py) is ordinary Python; this runs its code cells in order, the
+shared first cell included (tools/build_notebooks.py), with PRESET and DATA set right after the
+parameters cell (what papermill does). Plots go to the non-interactive backend. In a
+multi-process run every process runs the stage; only rank 0 writes checkpoints and logs.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from build_notebooks import parse_cells  # noqa: E402
+from build_notebooks import notebook_cells  # noqa: E402
 
 
 def stage_code(number: str, preset: str, data: str, model: str = "") -> str:
@@ -26,7 +26,7 @@ def stage_code(number: str, preset: str, data: str, model: str = "") -> str:
     base model's hub id, only where given: notebook 0 has it)."""
     source = next((ROOT / "notebooks").glob(f"{number}_*.py"))
     code = []
-    for cell in parse_cells(source.read_text()):
+    for cell in notebook_cells(source):
         if cell["cell_type"] != "code":
             continue
         code.append("".join(cell["source"]))
