@@ -133,6 +133,8 @@ def _rng_state() -> tuple[dict, dict]:
     version, state, gauss = random.getstate()
     np_state = np.random.get_state()
     tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np_state[1].astype("int64"))}
+    if torch.cuda.is_available():  # sampling on a GPU draws from each device's own generator
+        tensors.update({f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
     meta = {"python": [version, list(state), gauss], "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
     return tensors, meta
 
@@ -148,6 +150,9 @@ def _set_rng_state(tensors: dict, meta: dict) -> None:
     name, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, tensors["rng.numpy"].numpy().astype("uint32"), pos, has_gauss, cached))
     torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
 
 
 def _optimizer_state(optimizer, prefix: str) -> tuple[dict, dict]:

@@ -55,7 +55,7 @@ class ActorConfig:
     weight_decay: float = 0.0              # AdamW weight decay
     warmup_ratio: float = 0.05             # share of steps with linear warm-up, then linear decay to 0
     max_grad_norm: float = 1.0             # global gradient-norm clip
-    mixed_precision: str = "auto"          # "auto" (bf16 where the GPU or CPU has it, else fp16 on GPU, no on CPU), "no", "bf16", "fp16"
+    mixed_precision: str = "auto"          # "auto" (bf16 on a GPU of compute capability >= 8 or a CPU with bf16 instructions, fp16 on older GPUs, else "no" = fp32), "no", "bf16", "fp16"
     gradient_checkpointing: bool = False   # trade compute for memory on big models
     checkpoint_every: int = 200            # save a resumable checkpoint every N steps (0 = never)
     max_steps: int = 0                     # stop after N optimiser steps (0 = run all epochs)
@@ -110,6 +110,9 @@ class PPOConfig:
     max_grad_norm: float = 1.0             # global gradient-norm clip, per model
     max_bad_updates: int = 5               # stop after this many non-finite updates in a row
     mixed_precision: str = "auto"          # as ActorConfig.mixed_precision
+    gradient_checkpointing: bool = False   # recompute the actor's and critic's activations in the backward pass (less memory)
+    generation_batch: int = 0              # prompts per generation and scoring pass (0 = the whole rollout); halved on out-of-memory
+    micro_batch: int = 0                   # rows per forward/backward of an update (0 = the whole minibatch); halved on out-of-memory, the update stays the same
     lora_rank: int = 0                     # >0: train LoRA adapters only (peft); the reference is the adapter-disabled actor
     critic_lora_rank: int = 0              # >0: LoRA adapters on the critic too, its value head trained fully (DeepSpeed-Chat's critic_lora_dim)
     checkpoint_every: int = 20             # save a resumable checkpoint every N iterations (0 = never)
@@ -178,7 +181,7 @@ _POSITIVE = {"lr", "actor_lr", "critic_lr", "batch_size", "grad_accum", "epochs"
              "num_heads", "ffn_dim", "max_positions", "samples_per_prompt", "max_grad_norm",
              "hub_timeout_s", "score_clip", "target_kl", "kl_horizon", "max_bad_updates", "max_bad_steps"}
 _NON_NEGATIVE = {"weight_decay", "kl_coef", "vf_coef", "missing_eos_penalty", "checkpoint_every",
-                 "max_steps", "max_eval_rows", "max_prompts", "lora_rank", "critic_lora_rank", "sample_prompts",
+                 "max_steps", "max_eval_rows", "generation_batch", "micro_batch", "max_prompts", "lora_rank", "critic_lora_rank", "sample_prompts",
                  "clip_value"}
 _UNIT = {"warmup_ratio", "dropout", "gamma", "lam"}  # in [0, 1]
 

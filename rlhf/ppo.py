@@ -5,11 +5,29 @@ called on a 2x5 toy batch and checked by hand. Shapes: B batch, R response lengt
 `mask` is 1.0 on valid response tokens (up to and including the first EOS) and 0.0 after it; the
 valid tokens of a row are a prefix of the row. Masked positions may hold any finite value: every
 function ignores them and writes 0 there.
+
+Every function computes in float32, whatever autocast is active around it (`full_precision`):
+the rollout and the update run under bf16/fp16 autocast, and GAE as a bf16 matmul is off by
+hundredths, which is the critic's target and the size of a whitened advantage's error.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
+
+
+def full_precision(fn):
+    """Run `fn` with autocast off and its floating-point tensor arguments cast to float32."""
+    def up(x):
+        return x.float() if torch.is_tensor(x) and x.is_floating_point() else x
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*map(up, args), **{k: up(v) for k, v in kwargs.items()})
+    return wrapper
 
 
 # ----------------------------------------------------------------------------- logits -> logprobs
@@ -19,6 +37,7 @@ def scale(logits, temperature: float):
     return logits if temperature == 1.0 else logits / temperature
 
 
+@full_precision
 def logprobs_from_logits(logits, tokens, temperature=1.0):
     """log pi(token) = logits[token]/T - logsumexp(logits/T), always in float32.
 
@@ -30,6 +49,7 @@ def logprobs_from_logits(logits, tokens, temperature=1.0):
     return token_logits - torch.logsumexp(logits, dim=-1)                 # (B, R)
 
 
+@full_precision
 def entropy_from_logits(logits, temperature=1.0):
     """H = -sum_v pi(v) log pi(v) of the temperature-scaled distribution, in float32."""
     all_logprobs = torch.log_softmax(scale(logits.float(), temperature), dim=-1)  # (B, R, V)
@@ -38,18 +58,21 @@ def entropy_from_logits(logits, temperature=1.0):
 
 # ----------------------------------------------------------------------------- masked statistics
 
+@full_precision
 def masked_sum(x, mask, dim=None):
     """sum_i m_i x_i over `dim` (all of it when None); masked values are never read."""
     x = torch.where(mask.bool(), x, torch.zeros_like(x))                  # (B, R)
     return x.sum() if dim is None else x.sum(dim)
 
 
+@full_precision
 def masked_mean(x, mask, dim=None):
     """sum_i m_i x_i / sum_i m_i; 0 where nothing is valid (an empty batch gives 0, not NaN)."""
     count = masked_sum(torch.ones_like(x), mask, dim)
     return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
+@full_precision
 def masked_var(x, mask, unbiased=True):
     """Variance of the valid entries: mean_m[(x - mean_m(x))^2], times n/(n-1) when unbiased.
 
@@ -63,6 +86,7 @@ def masked_var(x, mask, unbiased=True):
     return var
 
 
+@full_precision
 def masked_whiten(x, mask, shift_mean=True, eps=1e-8):
     """(x - mean_m(x)) / sqrt(var_m(x) + eps), statistics over valid entries only; 0 at pads.
 
@@ -77,6 +101,7 @@ def masked_whiten(x, mask, shift_mean=True, eps=1e-8):
 
 # ----------------------------------------------------------------------------- rollout post-processing
 
+@full_precision
 def response_mask(responses, eos_token_id, pad_token_id):
     """Cut each response after its first EOS: (mask, truncated responses, has_eos).
 
@@ -94,6 +119,7 @@ def response_mask(responses, eos_token_id, pad_token_id):
 
 # ----------------------------------------------------------------------------- rewards
 
+@full_precision
 def kl_per_token(logprobs, ref_logprobs, mask, estimator="k1"):
     """Per-token estimate of KL(pi || pi_ref) on tokens sampled from pi; 0 at masked positions.
 
@@ -110,6 +136,7 @@ def kl_per_token(logprobs, ref_logprobs, mask, estimator="k1"):
     return torch.where(mask.bool(), kl, torch.zeros_like(kl))
 
 
+@full_precision
 def last_token_onehot(mask):
     """One-hot of the last valid position of each row; an all-zero row gives an all-zero row."""
     R = mask.shape[1]
@@ -119,6 +146,7 @@ def last_token_onehot(mask):
     return F.one_hot(last, R).to(mask.dtype) * has_valid                  # (B, R)
 
 
+@full_precision
 def compute_rewards(scores, logprobs, ref_logprobs, mask, kl_coef):
     """r_t = -beta * (log pi_t - log pi_ref,t) + [t = last valid token] * score.
 
@@ -130,11 +158,13 @@ def compute_rewards(scores, logprobs, ref_logprobs, mask, kl_coef):
     return rewards, non_score_rewards
 
 
+@full_precision
 def normalize_scores(scores, mean, std, clip):
     """clip((score - mean) / std, -clip, +clip); `mean`, `std` measured once, e.g. on SFT answers."""
     return ((scores - mean) / std).clamp(-clip, clip)                     # (B,)
 
 
+@full_precision
 def apply_missing_eos_penalty(scores, has_eos, penalty):
     """score - penalty for every response that never emitted EOS (the 'EOS trick')."""
     return torch.where(has_eos, scores, scores - penalty)                 # (B,)
@@ -142,6 +172,7 @@ def apply_missing_eos_penalty(scores, has_eos, penalty):
 
 # ----------------------------------------------------------------------------- advantages
 
+@full_precision
 def gae_naive(values, rewards, mask, gamma, lam):
     """Generalised advantage estimation, the obvious reverse loop (reference for `gae`).
 
@@ -163,6 +194,7 @@ def gae_naive(values, rewards, mask, gamma, lam):
     return advantages, (advantages + values) * mask
 
 
+@full_precision
 def gae(values, rewards, mask, gamma, lam):
     """The same GAE as `gae_naive`, without a Python loop: A_t = sum_{k>=t} (gamma*lam)^(k-t) delta_k.
 
@@ -183,6 +215,7 @@ def gae(values, rewards, mask, gamma, lam):
 
 # ----------------------------------------------------------------------------- losses
 
+@full_precision
 def policy_loss(logprobs, old_logprobs, advantages, mask, clip_ratio):
     """Clipped surrogate: mean_m[ max(-A * rho, -A * clip(rho, 1-eps, 1+eps)) ], rho = pi / pi_old.
 
@@ -204,6 +237,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_ratio):
     return loss, stats
 
 
+@full_precision
 def value_loss(values, old_values, returns, mask, clip_value):
     """0.5 * mean_m[ max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2) ].
 
@@ -219,6 +253,7 @@ def value_loss(values, old_values, returns, mask, clip_value):
     return loss, stats
 
 
+@full_precision
 def pairwise_loss(chosen_scores, rejected_scores):
     """Bradley-Terry loss of a reward model: mean[-log sigmoid(s_chosen - s_rejected)].
 
@@ -233,6 +268,7 @@ def pairwise_loss(chosen_scores, rejected_scores):
 
 # ----------------------------------------------------------------------------- KL controller
 
+@full_precision
 def update_kl_coef(kl_coef, kl, target, n_steps, horizon):
     """Adaptive beta (Ziegler et al. 2019): beta * (1 + clip(KL/target - 1, -0.2, 0.2) * n/horizon).
 

@@ -1,8 +1,10 @@
 """Stage 3, part 2: the PPO update and the training loop.
 
 Each iteration: sample a rollout (rlhf.rollout.make_rollout), then `ppo_epochs` passes over
-shuffled minibatches of it, each a clipped policy step on the actor and a clipped value step on
-the critic, with separate optimisers and learning-rate schedules.
+shuffled minibatches of it, each one optimiser step: a clipped policy step on the actor and a
+clipped value step on the critic. One AdamW holds both models as two parameter groups (their own
+learning rates, their own gradient clipping), so under fp16 the loss scaler unscales and updates
+once per step, as GradScaler requires.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import torch
 from . import faults, ppo
 from .reward import TokenScorer
 from .rollout import make_rollout, response_logits, response_values
+from .runtime import halve_on_oom
+from .train import is_overflow
 
 
 class Timer:
@@ -48,44 +52,77 @@ def ppo_losses(actor, critic, mb, P: int, cfg):
     return pg_loss, vf_loss, {**stats, **vstats, "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach()}
 
 
-def update_step(actor, critic, mb, P, cfg, opts, accelerator):
-    """One optimiser step on actor and critic; False (and no step) if anything is not finite."""
-    actor_opt, critic_opt = opts
-    actor_opt.zero_grad(set_to_none=True)
-    critic_opt.zero_grad(set_to_none=True)
-    with accelerator.autocast():
-        pg_loss, vf_loss, stats = ppo_losses(actor, critic, mb, P, cfg)
-    if not (torch.isfinite(pg_loss) and torch.isfinite(vf_loss)):
-        return False, stats
-    accelerator.backward(pg_loss + vf_loss)  # disjoint parameters: each model gets its own gradient
-    actor_norm = accelerator.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm)
-    critic_norm = accelerator.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
-    if not (torch.isfinite(actor_norm) and torch.isfinite(critic_norm)):
-        return False, stats
-    actor_opt.step()
-    critic_opt.step()
-    return True, {**stats, "actor_grad_norm": actor_norm, "critic_grad_norm": critic_norm}
+def accumulate_gradients(actor, critic, mb, P, cfg, accelerator, micro: int):
+    """Backward of the minibatch's losses in chunks of `micro` rows. Returns its stats, or None
+    when a loss is not finite.
+
+    The losses are token means over the whole minibatch, so each chunk's token mean is weighted
+    by its share of the minibatch's valid tokens: the gradients add up to the unsplit ones.
+    """
+    rows, tokens = mb["mask"].shape[0], mb["mask"].sum().clamp(min=1)
+    totals = defaultdict(float)
+    for start in range(0, rows, micro):
+        chunk = {k: v[start:start + micro] for k, v in mb.items()}
+        weight = chunk["mask"].sum() / tokens                                 # share of the tokens
+        with accelerator.autocast():
+            pg_loss, vf_loss, stats = ppo_losses(actor, critic, chunk, P, cfg)
+        if not (torch.isfinite(pg_loss) and torch.isfinite(vf_loss)):
+            return None
+        accelerator.backward((pg_loss + vf_loss) * weight)  # disjoint parameters: each model its own gradient
+        for k, v in stats.items():
+            totals[k] += float(v) * float(weight)
+    return totals
 
 
-def ppo_update(actor, critic, rollout, cfg, opts, accelerator, generator):
-    """`ppo_epochs` passes over shuffled minibatches. Returns (mean stats, skipped updates)."""
+def update_step(actor, critic, mb, P, cfg, optimizer, accelerator, micro: int, log=print):
+    """One optimiser step on actor and critic. Returns (stepped, stats, micro).
+
+    An out-of-memory error halves the micro-batch and redoes the step (the same update). With
+    fp16, the scaler unscales once, and an overflowed step is skipped by the scaler, which halves
+    its scale; without a scaler, a non-finite gradient skips the step here. stats is empty when
+    the step failed for another reason than an fp16 overflow (a non-finite loss, say).
+    """
+    def attempt(micro):
+        optimizer.zero_grad(set_to_none=True)
+        return accumulate_gradients(actor, critic, mb, P, cfg, accelerator, micro)
+
+    stats, micro = halve_on_oom(attempt, micro, log, "PPO micro-batch")
+    if stats is None:
+        optimizer.zero_grad(set_to_none=True)
+        return False, {}, micro
+    accelerator.unscale_gradients()  # fp16: divide by the loss scale, once for both models
+    actor_norm = float(torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm))
+    critic_norm = float(torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm))
+    stepped = math.isfinite(actor_norm) and math.isfinite(critic_norm)
+    if stepped or accelerator.scaler is not None:
+        optimizer.step()  # fp16: the scaler skips an overflowed step itself
+    optimizer.zero_grad(set_to_none=True)
+    if stepped:
+        return True, {**stats, "actor_grad_norm": actor_norm, "critic_grad_norm": critic_norm}, micro
+    # an fp16 overflow skips the step, but its forward was sound: its statistics count
+    return False, (stats if is_overflow(accelerator, stats) else {}), micro
+
+
+def ppo_update(actor, critic, rollout, cfg, optimizer, accelerator, generator, micro=None, log=print):
+    """`ppo_epochs` passes over shuffled minibatches. Returns (mean stats, skipped updates, micro):
+    `micro` is the micro-batch that fitted in memory (the whole minibatch unless halved)."""
     actor.train()
     critic.train()
-    totals, n, skipped = defaultdict(float), 0, 0
+    totals, counts, skipped = defaultdict(float), defaultdict(int), 0
     B = rollout.responses.shape[0]
+    micro = micro or cfg.micro_batch or cfg.minibatch
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator)
         for start in range(0, B, cfg.minibatch):
             mb = minibatch(rollout, order[start:start + cfg.minibatch].to(rollout.responses.device))
-            ok, stats = update_step(actor, critic, mb, rollout.P, cfg, opts, accelerator)
-            skipped += not ok
-            if ok:
-                n += 1
-                for k, v in stats.items():
-                    totals[k] += float(v)
+            stepped, stats, micro = update_step(actor, critic, mb, rollout.P, cfg, optimizer, accelerator, micro, log)
+            skipped += not stepped
+            for k, v in stats.items():
+                totals[k] += float(v)
+                counts[k] += 1
     actor.eval()
     critic.eval()
-    return {k: v / max(n, 1) for k, v in totals.items()}, skipped
+    return {k: v / counts[k] for k, v in totals.items()}, skipped, micro
 
 
 def rollout_stats(rollout, kl_coef):
@@ -107,20 +144,23 @@ def rollout_stats(rollout, kl_coef):
     }
 
 
-def make_optimizers(actor, critic, cfg):
-    """Separate AdamW optimisers and linear-to-zero schedules for actor and critic.
+def make_optimizer(actor, critic, cfg):
+    """One AdamW over two parameter groups, the actor's (group 0, actor_lr) and the critic's
+    (group 1, critic_lr), and a linear-to-zero schedule for both.
 
-    train_ppo steps the schedules once per iteration, so iteration i trains at
-    lr * (1 - i / iterations): the last at lr / iterations, and the run ends at 0.
+    Adam's update is per parameter, so this is the same as two optimisers; being one, it gives
+    the fp16 loss scaler a single unscale and a single update per step. train_ppo steps the
+    schedule once per iteration, so iteration i trains at lr * (1 - i / iterations): the last at
+    lr / iterations, and the run ends at 0.
     """
     from torch.optim.lr_scheduler import LambdaLR
 
     from .train import adamw
 
-    decay = lambda iteration: max(0.0, 1.0 - iteration / cfg.iterations)
-    actor_opt = adamw(actor, cfg.actor_lr, eps=1e-5)
-    critic_opt = adamw(critic, cfg.critic_lr, eps=1e-5)
-    return (actor_opt, critic_opt), (LambdaLR(actor_opt, decay), LambdaLR(critic_opt, decay))
+    trainable = lambda model: [p for p in model.parameters() if p.requires_grad]
+    optimizer = adamw([{"params": trainable(actor), "lr": cfg.actor_lr},
+                       {"params": trainable(critic), "lr": cfg.critic_lr}], cfg.actor_lr, eps=1e-5)
+    return optimizer, LambdaLR(optimizer, lambda iteration: max(0.0, 1.0 - iteration / cfg.iterations))
 
 
 def prompt_batch(prompt_ids, batch: int, seed: int, iteration: int):
@@ -132,39 +172,46 @@ def prompt_batch(prompt_ids, batch: int, seed: int, iteration: int):
     return [prompt_ids[i] for i in order[index * batch:(index + 1) * batch].tolist()]
 
 
-def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, opts, accelerator, iteration):
+def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, optimizer, accelerator, iteration,
+                  sizes=None, log=print):
     """Rollout and update on one batch of prompt ids. Returns (rollout, stats).
 
     Sampling and scoring use the plain models; the update goes through the prepared (in a
     multi-process run, DistributedDataParallel) actor and critic so their gradients are averaged.
+    `sizes` ({"chunk": rows per generation/scoring pass, "micro": rows per backward}) keeps what
+    fitted in memory from one iteration to the next; out-of-memory errors halve them.
     """
     from .data import collate_prompts
+    from .train import loss_scale
 
+    sizes = {} if sizes is None else sizes
     actor, reference, reward_model, critic = models
     plain = (accelerator.unwrap_model(actor), reference, reward_model, accelerator.unwrap_model(critic).model)
     timer = Timer()
     batch = {k: v.to(accelerator.device) for k, v in collate_prompts(ids, tokenizer.pad_token_id).items()}
     with accelerator.autocast():  # the same precision as the update, so the first ratio is 1
-        rollout = make_rollout(plain, tokenizer, batch["input_ids"], batch["attention_mask"], cfg,
-                               reward_stats, kl_coef, timer)
+        rollout, sizes["chunk"] = make_rollout(plain, tokenizer, batch["input_ids"], batch["attention_mask"],
+                                               cfg, reward_stats, kl_coef, timer, sizes.get("chunk"), log)
     stats = {"iteration": iteration + 1, **rollout_stats(rollout, kl_coef)}
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + iteration)
     with timer("train"):
-        update, skipped = ppo_update(actor, critic, rollout, cfg, opts, accelerator, generator)
-    stats.update(update, skipped_updates=skipped, **{f"time_{k}": v for k, v in timer.seconds.items()})
+        update, skipped, sizes["micro"] = ppo_update(actor, critic, rollout, cfg, optimizer, accelerator,
+                                                     generator, sizes.get("micro"), log)
+    scale = loss_scale(accelerator)
+    stats.update(update, skipped_updates=skipped, **({"loss_scale": scale} if scale is not None else {}),
+                 **{f"time_{k}": v for k, v in timer.seconds.items()})
     return rollout, stats
 
 
-def save_resume(resume_dir, actor, critic, tokenizer, opts, schedules, progress):
-    """The resumable PPO checkpoint: actor (weights or LoRA adapters), critic, optimisers, RNG."""
+def save_resume(resume_dir, actor, critic, tokenizer, optimizer, schedule, progress):
+    """The resumable PPO checkpoint: actor (weights or LoRA adapters), critic, optimiser, RNG."""
     from .checkpoint import save_checkpoint
 
     save_checkpoint(resume_dir, actor, tokenizer, extra_models={"critic": critic},
-                    train_state=(dict(zip(("actor", "critic"), opts)),
-                                 dict(zip(("actor", "critic"), schedules)), progress))
+                    train_state=({"ppo": optimizer}, {"ppo": schedule}, progress))
 
 
-def load_resume(resume_dir, actor, critic, opts, schedules, log):
+def load_resume(resume_dir, actor, critic, optimizer, schedule, log):
     """Progress restored from `resume_dir`, or a fresh start."""
     from .checkpoint import has_train_state, load_train_state, load_weights
 
@@ -177,8 +224,7 @@ def load_resume(resume_dir, actor, critic, opts, schedules, log):
             set_peft_model_state_dict(model, load_file(f"{folder}/adapter_model.safetensors"))
         else:
             load_weights(model, folder)
-    progress = load_train_state(resume_dir, dict(zip(("actor", "critic"), opts)),
-                                dict(zip(("actor", "critic"), schedules)))
+    progress = load_train_state(resume_dir, {"ppo": optimizer}, {"ppo": schedule})
     log(f"resumed from {resume_dir} at iteration {progress['iteration']}")
     return progress
 
@@ -194,34 +240,39 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge
     """
     from tqdm.auto import tqdm
 
-    from .train import make_accelerator
+    from .train import enable_gradient_checkpointing, make_accelerator, restore_scaler, scaler_state
 
     accelerator = make_accelerator(cfg.mixed_precision)
     actor, reference, reward_model, critic = models
-    opts, schedules = make_optimizers(actor, critic, cfg)
-    actor, critic, *opts = accelerator.prepare(actor, TokenScorer(critic), *opts)
+    if cfg.gradient_checkpointing:
+        for model in (actor, critic):
+            enable_gradient_checkpointing(model)
+    optimizer, schedule = make_optimizer(actor, critic, cfg)
+    actor, critic, optimizer = accelerator.prepare(actor, TokenScorer(critic), optimizer)
     for frozen in (reference, reward_model):
         if frozen is not None:
             frozen.to(accelerator.device).eval().requires_grad_(False)
     torch.manual_seed(cfg.seed + accelerator.process_index)  # each process samples its own answers
     state = load_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model,
-                        opts, schedules, log) or \
-        {"iteration": 0, "kl_coef": cfg.kl_coef, "bad_in_a_row": 0, "history": [], "samples": []}
+                        optimizer, schedule, log) or \
+        {"iteration": 0, "kl_coef": cfg.kl_coef, "bad_in_a_row": 0, "history": [], "samples": [], "sizes": {}}
+    restore_scaler(accelerator, state)
     text_of = {tuple(ids): text for ids, text in zip(prompt_ids, prompt_texts or [])}
     for it in tqdm(range(state["iteration"], cfg.iterations), desc="ppo", disable=not progress,
                    initial=state["iteration"], total=cfg.iterations):
         world, rank = accelerator.num_processes, accelerator.process_index
         ids = prompt_batch(prompt_ids, cfg.rollout_batch * world, cfg.seed, it)[rank::world]
         rollout, stats = ppo_iteration((actor, reference, reward_model, critic), tokenizer, ids, cfg,
-                                       reward_stats, state["kl_coef"], opts, accelerator, it)
-        for schedule in schedules:
-            schedule.step()
+                                       reward_stats, state["kl_coef"], optimizer, accelerator, it,
+                                       state["sizes"], log)
+        schedule.step()
         record_iteration(state, rollout, stats, [text_of.get(tuple(i), "") for i in ids], tokenizer,
                          cfg, judge, log)
+        state["scaler"] = scaler_state(accelerator)
         if resume_dir and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 \
                 and it + 1 < cfg.iterations and accelerator.is_main_process:
             save_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model,
-                        tokenizer, opts, schedules, state)
+                        tokenizer, optimizer, schedule, state)
         faults.point("step")
     # keep_fp32_wrapper=False: the models handed back run in full precision, as they came in
     actor, critic = (accelerator.unwrap_model(m, keep_fp32_wrapper=False) for m in (actor, critic))
@@ -237,8 +288,10 @@ def record_iteration(state, rollout, stats, prompts, tokenizer, cfg, judge, log)
     if judge is not None:
         stats["gold"] = sum(judge(p, t, e) for p, t, e in zip(prompts, texts, ended)) / len(texts)
     if stats["skipped_updates"]:
-        log(f"iteration {it}: {stats['skipped_updates']} update(s) skipped (non-finite loss or gradient)")
-    no_update = "policy_loss" not in stats  # every minibatch update of this iteration was skipped
+        why = (f"fp16 overflow or non-finite values; loss scale now {stats['loss_scale']:g}"
+               if "loss_scale" in stats else "non-finite loss or gradient")
+        log(f"iteration {it}: {stats['skipped_updates']} update(s) skipped ({why})")
+    no_update = "policy_loss" not in stats  # every update of this iteration failed (an fp16 overflow aside)
     state["bad_in_a_row"] = state["bad_in_a_row"] + 1 if no_update else 0
     if state["bad_in_a_row"] >= cfg.max_bad_updates:
         raise FloatingPointError(f"{state['bad_in_a_row']} iterations in a row had only non-finite "

@@ -12,6 +12,7 @@ import torch
 from . import ppo
 from .generation import generate, position_ids_from_mask
 from .reward import sequence_scores, token_scores
+from .runtime import halve_on_oom
 
 
 def disable_dropout(model):
@@ -76,15 +77,21 @@ class Rollout:
         return self.query_responses.shape[1] - self.responses.shape[1]
 
 
-def sample(actor, tokenizer, prompt_ids, prompt_mask, cfg):
-    """Sample responses and cut them at the first EOS: (query_responses, attention_mask,
-    responses, mask, has_eos)."""
-    raw = generate(actor, prompt_ids, prompt_mask, tokenizer, cfg.max_new_tokens,
-                   do_sample=True, temperature=cfg.temperature)               # (B, R)
-    mask, responses, has_eos = ppo.response_mask(raw, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    query_responses = torch.cat([prompt_ids, responses], 1)                   # (B, T)
-    attention_mask = torch.cat([prompt_mask, mask.long()], 1)                 # (B, T)
-    return query_responses, attention_mask, responses, mask, has_eos
+def in_chunks(fn, rows: int, chunk: int, log, what: str):
+    """fn(rows slice) over consecutive slices of `chunk` rows; a slice that runs out of memory
+    is redone with half the rows. Returns (list of outputs, the chunk that fitted)."""
+    outputs, start = [], 0
+    while start < rows:
+        out, chunk = halve_on_oom(lambda size: fn(slice(start, start + size)), chunk, log, what)
+        outputs.append(out)
+        start = min(rows, start + chunk)
+    return outputs, chunk
+
+
+def pad_columns(tensors, value):
+    """Right-pad 2-D tensors with `value` to the widest, and stack their rows.  (sum B, max R)"""
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
 
 
 def reference_logprobs(actor, reference, query_responses, attention_mask, P, temperature):
@@ -110,24 +117,40 @@ def score(reward_model, query_responses, attention_mask, has_eos, cfg, stats):
 
 
 @torch.no_grad()
-def make_rollout(models, tokenizer, prompt_ids, prompt_mask, cfg, reward_stats, kl_coef, timer):
-    """Generate, evaluate with all four models, and compute rewards and advantages."""
+def make_rollout(models, tokenizer, prompt_ids, prompt_mask, cfg, reward_stats, kl_coef, timer,
+                 chunk=None, log=print):
+    """Generate, evaluate with all four models, and compute rewards and advantages.
+
+    Generation and scoring run `chunk` rows at a time (cfg.generation_batch, 0 = all at once),
+    halved on out-of-memory. Returns (rollout, the chunk that fitted).
+    """
     actor, reference, reward_model, critic = models
+    B, P = prompt_ids.shape
+    chunk = chunk or cfg.generation_batch or B
     with timer("generate"):
-        qr, am, responses, mask, has_eos = sample(actor, tokenizer, prompt_ids, prompt_mask, cfg)
-    P = prompt_ids.shape[1]
+        parts, chunk = in_chunks(lambda rows: generate(actor, prompt_ids[rows], prompt_mask[rows], tokenizer,
+                                                       cfg.max_new_tokens, True, cfg.temperature),
+                                 B, chunk, log, "generation chunk")
+    raw = pad_columns(parts, tokenizer.pad_token_id)                          # (B, R) as sampled
+    mask, responses, has_eos = ppo.response_mask(raw, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    qr = torch.cat([prompt_ids, responses], 1)                                # (B, T)
+    am = torch.cat([prompt_mask, mask.long()], 1)                             # (B, T)
+
+    def score_rows(rows):
+        logits = response_logits(actor, qr[rows], am[rows], P)                # (b, R, V)
+        logprobs = ppo.logprobs_from_logits(logits, responses[rows], cfg.temperature)  # (b, R)
+        entropy = ppo.entropy_from_logits(logits, cfg.temperature)            # (b, R)
+        del logits  # the largest tensor of the rollout
+        return (logprobs, entropy, reference_logprobs(actor, reference, qr[rows], am[rows], P, cfg.temperature),
+                response_values(critic, qr[rows], am[rows], P),              # (b, R)
+                *score(reward_model, qr[rows], am[rows], has_eos[rows], cfg, reward_stats))  # (b,), (b,)
     with timer("score"):
-        logits = response_logits(actor, qr, am, P)                              # (B, R, V)
-        logprobs = ppo.logprobs_from_logits(logits, responses, cfg.temperature)  # (B, R)
-        entropy = ppo.entropy_from_logits(logits, cfg.temperature)               # (B, R)
-        del logits
-        ref_logprobs = reference_logprobs(actor, reference, qr, am, P, cfg.temperature)
-        values = response_values(critic, qr, am, P)
-        raw_scores, scores = score(reward_model, qr, am, has_eos, cfg, reward_stats)
+        parts, chunk = in_chunks(score_rows, B, chunk, log, "scoring chunk")
+    logprobs, entropy, ref_logprobs, values, raw_scores, scores = (torch.cat(t) for t in zip(*parts))
     rollout = Rollout(qr, am, responses, mask, has_eos, logprobs, ref_logprobs, values, entropy,
                       raw_scores, scores)
     rollout.rewards, rollout.non_score_rewards = ppo.compute_rewards(
         scores, logprobs, ref_logprobs, mask, kl_coef)                        # (B, R)
     advantages, rollout.returns = ppo.gae(values, rollout.rewards, mask, cfg.gamma, cfg.lam)
     rollout.advantages = ppo.masked_whiten(advantages, mask)                  # (B, R)
-    return rollout
+    return rollout, chunk

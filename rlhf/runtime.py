@@ -22,14 +22,37 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_mixed_precision(mode: str) -> str:
-    """'auto' -> bf16 on a GPU that supports it, fp16 on other GPUs; on a CPU, bf16 where the CPU
-    has bf16 instructions, else 'no' (fp32). Weights, optimiser state and losses stay fp32."""
+def choose_precision(cuda_capability: tuple[int, int] | None, cpu_bf16: bool) -> tuple[str, str]:
+    """What mixed_precision="auto" means on this hardware, and why: (precision, reason).
+
+    cuda_capability: the GPU's (major, minor) compute capability, None without a GPU.
+    bf16 only where the hardware multiplies it natively: a GPU of compute capability >= 8.0
+    (A100, L4, H100) or a CPU with AVX512-BF16 or AMX. An older GPU (Colab's free T4 is 7.5, a
+    V100 7.0) emulates bf16 more slowly than fp32, so it gets fp16 with loss scaling. Weights,
+    optimiser state and the PPO math stay fp32 in every case.
+    """
+    if cuda_capability is not None:
+        major, minor = cuda_capability
+        if major >= 8:
+            return "bf16", f"GPU compute capability {major}.{minor} >= 8.0: native bf16"
+        return "fp16", (f"GPU compute capability {major}.{minor} < 8.0: bf16 would be emulated "
+                        "(slower than fp32), so fp16 with a loss scaler")
+    if cpu_bf16:
+        return "bf16", "no GPU; the CPU has bf16 instructions (AVX512-BF16 or AMX)"
+    return "no", "no GPU and no bf16 instructions on the CPU: fp32"
+
+
+def explain_precision(mode: str) -> tuple[str, str]:
+    """(precision, reason) for a config's mixed_precision on this machine."""
     if mode != "auto":
-        return mode
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "no"
+        return mode, "asked for"
+    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    return choose_precision(capability, cpu_has_bf16())
+
+
+def resolve_mixed_precision(mode: str) -> str:
+    """'auto' -> bf16, fp16 or 'no' (fp32) as `choose_precision` decides; anything else as is."""
+    return explain_precision(mode)[0]
 
 
 def keep_freed_cpu_memory() -> bool:
@@ -74,6 +97,28 @@ def free_gpu_cache() -> dict:
 
 def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def halve_on_oom(run, size: int, log, what: str):
+    """run(size), and on out-of-memory free the cache and run again with half the size.
+
+    Returns (result, the size that fitted). `size` is a number of rows, `what` names it ("micro-
+    batch", "generation chunk"); at 1 row the error becomes a MemoryError that says what to do next.
+    """
+    while True:
+        try:
+            return run(size), size
+        except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_oom(err):
+                raise
+            if size == 1:
+                raise MemoryError(f"out of memory with a {what} of 1 row. Last resort: run on "
+                                  "the CPU (CUDA_VISIBLE_DEVICES='' or Colab's CPU runtime), or set "
+                                  "mixed_precision / gradient_checkpointing / a shorter max_length "
+                                  "or max_new_tokens.") from err
+        free_gpu_cache()  # outside the except block: the error's frames no longer hold tensors
+        size = max(1, size // 2)
+        log(f"out of memory: {what} halved to {size} rows")
 
 
 class RunLog:

@@ -17,12 +17,18 @@ from transformers import get_linear_schedule_with_warmup
 
 from . import faults
 from .checkpoint import has_train_state, load_train_state, load_weights, save_checkpoint
-from .runtime import free_gpu_cache, is_oom, keep_freed_cpu_memory, resolve_mixed_precision
+from .runtime import free_gpu_cache, halve_on_oom, keep_freed_cpu_memory, resolve_mixed_precision
 
 
 def make_accelerator(mixed_precision: str):
     """An Accelerator for this process: the GPU if there is one, else the CPU (and, launched with
-    several processes, DDP over gloo)."""
+    several processes, DDP over gloo).
+
+    fp16 means the same sequence on every device: fp16 autocast and a loss scaler. On a GPU
+    accelerate sets them up; on a CPU it would silently train in fp32, so we give it torch's CPU
+    GradScaler and switch its autocast on. That is how the CUDA fp16 path (scale, unscale, skip on
+    overflow, back off) runs and is tested on machines without a GPU.
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -33,16 +39,34 @@ def make_accelerator(mixed_precision: str):
         # Accelerate keeps one state per process and refuses a second precision ("restart your
         # runtime"); forget it, so a stage can run again with another config in the same kernel.
         AcceleratorState._reset_state()  # the process group (PartialState) is kept
-    return Accelerator(mixed_precision=precision, cpu=on_cpu)
+    accelerator = Accelerator(mixed_precision=precision, cpu=on_cpu)
+    if precision == "fp16" and accelerator.scaler is None and accelerator.device.type == "cpu":
+        accelerator.native_amp = True  # prepare() then wraps forward in fp16 autocast, as on a GPU
+        accelerator.scaler = torch.amp.GradScaler("cpu")
+    return accelerator
 
 
-def adamw(model, lr: float, **kwargs):
-    """torch's AdamW over the trainable parameters, fused where torch has a fused kernel.
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass instead of storing them (less memory, ~30% more
+    compute). Non-reentrant, so it also works when only LoRA adapters need gradients."""
+    # transformers 5.x renamed gradient_checkpointing_enable; both take the checkpoint kwargs first
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+
+
+def loss_scale(accelerator) -> float | None:
+    """The fp16 loss scaler's current scale; None without one (bf16, fp32)."""
+    return None if accelerator.scaler is None else float(accelerator.scaler.get_scale())
+
+
+def adamw(params, lr: float, **kwargs):
+    """torch's AdamW over `params` (tensors, or parameter groups as dicts), fused where torch has
+    a fused kernel.
 
     Same update as the default AdamW; the fused kernel walks all parameters in one pass, which
     makes the step ~8x faster on a CPU (bench/README.md). Falls back to the default otherwise.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(params)
     try:
         return AdamW(params, lr=lr, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
@@ -51,7 +75,8 @@ def adamw(model, lr: float, **kwargs):
 
 def make_optimizer(model, cfg, total_steps: int, lr: float | None = None):
     """AdamW with linear warm-up over cfg.warmup_ratio of the steps, then linear decay to 0."""
-    optimizer = adamw(model, lr or cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = adamw(trainable, lr or cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
@@ -78,42 +103,57 @@ def accumulate_step(model, items, collate, loss_fn, accelerator, micro: int):
 
 
 def robust_step(model, items, collate, loss_fn, accelerator, optimizer, micro: int, log):
-    """One optimiser step that halves the micro-batch on out-of-memory. Returns (stats, micro)."""
-    while True:
+    """One step's gradients; on out-of-memory the micro-batch is halved and the step redone
+    (the effective batch is unchanged). Returns (stats, micro)."""
+    def attempt(micro):
         optimizer.zero_grad(set_to_none=True)
-        try:
-            return accumulate_step(model, items, collate, loss_fn, accelerator, micro), micro
-        except RuntimeError as err:
-            if not is_oom(err):
-                raise
-            free_gpu_cache()
-            if micro == 1:
-                raise MemoryError("out of memory with a micro-batch of 1. Last resort: run this "
-                                  "stage on the CPU (CUDA_VISIBLE_DEVICES='' or Colab's CPU runtime), "
-                                  "or set mixed_precision / gradient_checkpointing / a shorter "
-                                  "max_length.") from err
-            micro = max(1, micro // 2)
-            log(f"out of memory: micro-batch halved to {micro} (effective batch unchanged)")
+        return accumulate_step(model, items, collate, loss_fn, accelerator, micro)
+    return halve_on_oom(attempt, micro, log, "micro-batch")
 
 
 def apply_step(model, stats, accelerator, optimizer, cfg) -> tuple[bool, float]:
-    """Clip and step, unless the loss or the gradient is not finite. Returns (stepped, grad norm)."""
-    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+    """Clip and step. Returns (stepped, the gradient norm before clipping).
+
+    Without a loss scaler, a non-finite loss or gradient skips the step. With one (fp16), the step
+    always goes to the scaler: it skips the update itself when the scaled gradients overflowed and
+    halves its scale. (GradScaler needs step() and update() every step; skipping them here would
+    leave it un-updated, and the next unscale would raise.)
+    """
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))  # fp16: unscales first
     finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values())
-    if finite:
+    if finite or accelerator.scaler is not None:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return finite, grad_norm
 
 
-def resume(model, optimizer, scheduler, resume_dir, log) -> dict:
+def is_overflow(accelerator, stats) -> bool:
+    """A skipped fp16 step that the scaler explains: the loss was finite, only the scaled
+    gradients overflowed, and the scale has room left to back off (it starts at 2^16, where
+    the first steps often overflow). Such steps do not count towards max_bad_steps."""
+    scale = loss_scale(accelerator)
+    return scale is not None and scale >= 1.0 and all(math.isfinite(v) for v in stats.values())
+
+
+def resume(model, optimizer, scheduler, accelerator, resume_dir, log) -> dict:
     """Training progress: fresh, or restored from the resumable checkpoint in `resume_dir`."""
     progress = {"step": 0, "micro": None, "bad_in_a_row": 0, "history": {"steps": [], "epochs": []}}
     if resume_dir and has_train_state(resume_dir):
         load_weights(model, resume_dir)
         progress = load_train_state(resume_dir, {"model": optimizer}, {"model": scheduler})
+        restore_scaler(accelerator, progress)
         log(f"resumed from {resume_dir} at step {progress['step']}")
     return progress
+
+
+def scaler_state(accelerator) -> dict | None:
+    """The fp16 loss scaler's state (scale, growth tracker) as JSON, for a resumable checkpoint."""
+    return None if accelerator.scaler is None else accelerator.scaler.state_dict()
+
+
+def restore_scaler(accelerator, progress: dict) -> None:
+    if accelerator.scaler is not None and progress.get("scaler"):
+        accelerator.scaler.load_state_dict(progress["scaler"])
 
 
 def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, resume_dir=None,
@@ -129,14 +169,14 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
 
     accelerator = make_accelerator(cfg.mixed_precision)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(model)
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * world  # each process takes cfg.batch_size items of a step
     per_epoch = math.ceil(len(train_items) / global_batch)
     total = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
     optimizer, scheduler = make_optimizer(model, cfg, total)
     model, optimizer = accelerator.prepare(model, optimizer)
-    state = resume(accelerator.unwrap_model(model), optimizer, scheduler, resume_dir, log)
+    state = resume(accelerator.unwrap_model(model), optimizer, scheduler, accelerator, resume_dir, log)
     history, micro = state["history"], state["micro"] or max(1, cfg.batch_size // cfg.grad_accum)
     bar = tqdm(total=total, initial=state["step"], desc="train", disable=not progress)
     start, step = time.time(), 0
@@ -152,14 +192,22 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
             stats, micro = robust_step(model, items, collate, loss_fn, accelerator, optimizer, micro, log)
             stepped, grad_norm = apply_step(model, stats, accelerator, optimizer, cfg)
             scheduler.step()
-            state.update(step=step, micro=micro, bad_in_a_row=0 if stepped else state["bad_in_a_row"] + 1)
-            if not stepped:
+            overflow = not stepped and is_overflow(accelerator, stats)
+            bad = not (stepped or overflow)
+            state.update(step=step, micro=micro, bad_in_a_row=state["bad_in_a_row"] + 1 if bad else 0,
+                         scaler=scaler_state(accelerator))
+            if overflow:
+                log(f"step {step}: fp16 gradients overflowed, update skipped, loss scale now "
+                    f"{loss_scale(accelerator):g}")
+            elif bad:
                 log(f"step {step}: non-finite loss or gradient, update skipped")
                 if state["bad_in_a_row"] >= cfg.max_bad_steps:
                     raise FloatingPointError(f"{state['bad_in_a_row']} non-finite steps in a row: "
                                              "lower the learning rate or check the data")
             history["steps"].append({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                                     "grad_norm": grad_norm, "skipped": not stepped, **stats})
+                                     "grad_norm": grad_norm, "skipped": not stepped,
+                                     **({"loss_scale": loss_scale(accelerator)} if accelerator.scaler else {}),
+                                     **stats})
             bar.update(1)
             bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}")
             if resume_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total \

@@ -21,7 +21,7 @@ from rlhf import data, reward, sft  # noqa: E402
 # add its own noise of that size and hide what is being checked, the gradient averaging
 PRECISION = "no"
 from rlhf.config import make_config  # noqa: E402
-from rlhf.ppo_loop import Timer, make_optimizers, ppo_update  # noqa: E402
+from rlhf.ppo_loop import Timer, make_optimizer, ppo_update  # noqa: E402
 from rlhf.reward import TokenScorer  # noqa: E402
 from rlhf.rollout import Rollout, disable_dropout, make_rollout  # noqa: E402
 from rlhf.train import fit  # noqa: E402
@@ -82,14 +82,14 @@ def run_ppo(per_device):
                       mixed_precision=PRECISION)
     batch = data.collate_prompts([s[:4] for s in sequences(8, 6, 4)], 0)
     torch.manual_seed(1)  # the same rollout in every process
-    rollout = make_rollout((actor, copy.deepcopy(actor).eval(), reward_model, critic), Tok(), batch["input_ids"],
+    rollout, _ = make_rollout((actor, copy.deepcopy(actor).eval(), reward_model, critic), Tok(), batch["input_ids"],
                            batch["attention_mask"], cfg, {"mean": 0.0, "std": 1.0}, cfg.kl_coef, Timer())
     accelerator = Accelerator(cpu=True)
     rows = torch.arange(8)[accelerator.process_index::accelerator.num_processes]
     mine = Rollout(**{k: (v[rows] if torch.is_tensor(v) else v) for k, v in vars(rollout).items()})
-    opts, _ = make_optimizers(actor, critic, cfg)
-    actor, critic, *opts = accelerator.prepare(actor, TokenScorer(critic), *opts)
-    ppo_update(actor, critic, mine, cfg, opts, accelerator, torch.Generator().manual_seed(0))
+    optimizer, _ = make_optimizer(actor, critic, cfg)
+    actor, critic, optimizer = accelerator.prepare(actor, TokenScorer(critic), optimizer)
+    ppo_update(actor, critic, mine, cfg, optimizer, accelerator, torch.Generator().manual_seed(0))
     return accelerator.unwrap_model(actor)
 
 

@@ -16,7 +16,7 @@ from rlhf import ppo
 from rlhf import ppo_loop
 from rlhf.config import make_config
 from rlhf.data import build_sequence, collate_pairs, collate_prompts, prompt_to_ids
-from rlhf.ppo_loop import Timer, make_optimizers, ppo_update, train_ppo
+from rlhf.ppo_loop import Timer, make_optimizer, ppo_update, train_ppo
 from rlhf.reward import last_token_index, sequence_scores, token_scores
 from rlhf.rollout import disable_dropout, make_rollout, reference_logprobs, response_logits, score
 
@@ -47,7 +47,7 @@ def prompt_ids(tokenizer, n=4):
 def rollout_of(models, tokenizer, cfg, n=4, kl_coef=None, stats=STATS):
     batch = collate_prompts(prompt_ids(tokenizer, n), tokenizer.pad_token_id)
     return make_rollout(models, tokenizer, batch["input_ids"], batch["attention_mask"], cfg, stats,
-                        cfg.kl_coef if kl_coef is None else kl_coef, Timer())
+                        cfg.kl_coef if kl_coef is None else kl_coef, Timer())[0]
 
 
 def script_responses(monkeypatch, actor, responses):
@@ -192,13 +192,13 @@ def test_critic_copied_from_the_rm_reads_values_one_step_early(models, tiny_toke
 def count_update(models, cfg, rollout):
     """Run ppo_update; return (optimiser steps, rows the actor saw, stats)."""
     actor, _, _, critic = models
-    opts, _ = make_optimizers(actor, critic, cfg)
+    optimizer, _ = make_optimizer(actor, critic, cfg)
     steps, rows = [], []
-    opts[0].register_step_pre_hook(lambda opt, args, kwargs: steps.append(1))
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: steps.append(1))
     actor.register_forward_pre_hook(
         lambda module, args, kwargs: rows.extend(map(tuple, kwargs["input_ids"].tolist())), with_kwargs=True)
     generator = torch.Generator().manual_seed(0)
-    stats, skipped = ppo_update(actor, critic, rollout, cfg, opts, Accelerator(), generator)
+    stats, skipped, _ = ppo_update(actor, critic, rollout, cfg, optimizer, Accelerator(), generator)
     assert skipped == 0
     return len(steps), rows, stats
 
@@ -220,11 +220,11 @@ def test_gradients_are_clipped_and_the_pre_clip_norm_is_reported(models, tiny_to
                       max_grad_norm=1e-3)
     rollout = rollout_of(models, tiny_tokenizer, cfg)
     actor, _, _, critic = models
-    opts, _ = make_optimizers(actor, critic, cfg)
+    optimizer, _ = make_optimizer(actor, critic, cfg)
     at_step = {}
-    opts[0].register_step_pre_hook(lambda opt, args, kwargs: at_step.update(actor=float(grad_norm(actor))))
-    opts[1].register_step_pre_hook(lambda opt, args, kwargs: at_step.update(critic=float(grad_norm(critic))))
-    stats, _ = ppo_update(actor, critic, rollout, cfg, opts, Accelerator(), torch.Generator().manual_seed(1))
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: at_step.update(
+        actor=float(grad_norm(actor)), critic=float(grad_norm(critic))))
+    stats, _, _ = ppo_update(actor, critic, rollout, cfg, optimizer, Accelerator(), torch.Generator().manual_seed(1))
     for name in ("actor", "critic"):
         assert stats[f"{name}_grad_norm"] > 10 * cfg.max_grad_norm   # reported: the norm before clipping
         assert at_step[name] <= cfg.max_grad_norm * (1 + 1e-4)        # applied: the clipped gradient
@@ -247,17 +247,17 @@ def test_learning_rate_anneals_linearly_to_zero(tiny_tokenizer, monkeypatch):   
     lrs = []
 
     def spy(*args):
-        opts, schedules = make_optimizers(*args)
-        opts[0].register_step_pre_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
-        spy.opts = opts
-        return opts, schedules
-    monkeypatch.setattr(ppo_loop, "make_optimizers", spy)
+        optimizer, schedule = make_optimizer(*args)
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
+        spy.optimizer = optimizer
+        return optimizer, schedule
+    monkeypatch.setattr(ppo_loop, "make_optimizer", spy)
     cfg, _ = run_ppo(tiny_tokenizer, ppo_epochs=2, max_new_tokens=4)
     steps = cfg.iterations * cfg.ppo_epochs * cfg.rollout_batch // cfg.minibatch
     assert len(lrs) == steps and lrs[0] == cfg.actor_lr
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     assert lrs[-1] <= cfg.actor_lr / cfg.iterations + 1e-12         # the last update is nearly at 0
-    assert spy.opts[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # and the run ends at 0
+    assert [g["lr"] for g in spy.optimizer.param_groups] == pytest.approx([0.0, 0.0], abs=1e-12)  # the run ends at 0
 
 
 def test_smoke_run_is_deterministic_and_takes_small_steps(tiny_tokenizer):             # [24, 28]

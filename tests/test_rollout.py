@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from rlhf import ppo
 from rlhf.config import make_config
 from rlhf.data import collate_prompts
-from rlhf.ppo_loop import Timer, minibatch, ppo_losses, ppo_update, make_optimizers, train_ppo
+from rlhf.ppo_loop import Timer, minibatch, ppo_losses, ppo_update, make_optimizer, train_ppo
 from rlhf.rollout import disable_dropout, make_rollout, response_logits
 
 STATS = {"mean": 0.0, "std": 1.0}
@@ -58,8 +58,8 @@ def test_left_padding_does_not_change_logprobs(four_models):
 def test_ratio_is_one_and_nothing_clipped_before_the_first_step(four_models, tiny_tokenizer):
     cfg = make_config("ppo", "ci", temperature=0.7, max_new_tokens=8)
     batch, _ = prompt_batch(tiny_tokenizer)
-    rollout = make_rollout(four_models, tiny_tokenizer, batch["input_ids"], batch["attention_mask"],
-                           cfg, STATS, cfg.kl_coef, Timer())
+    rollout, _ = make_rollout(four_models, tiny_tokenizer, batch["input_ids"], batch["attention_mask"],
+                              cfg, STATS, cfg.kl_coef, Timer())
     actor, _, _, critic = four_models
     _, _, stats = ppo_losses(actor, critic, minibatch(rollout, torch.arange(4)), rollout.P, cfg)
     assert abs(float(stats["ratio_mean"]) - 1.0) < 1e-5
@@ -95,7 +95,7 @@ def test_sampled_rollouts_differ_between_seeds(four_models, tiny_tokenizer):
     for seed in (1, 2):
         torch.manual_seed(seed)
         out.append(make_rollout(four_models, tiny_tokenizer, batch["input_ids"], batch["attention_mask"],
-                                cfg, STATS, cfg.kl_coef, Timer()).responses)
+                                cfg, STATS, cfg.kl_coef, Timer())[0].responses)
     assert not torch.equal(out[0], out[1])
 
 
@@ -106,12 +106,12 @@ def test_all_empty_responses_give_finite_update(four_models, tiny_tokenizer):
     actor.lm_head.register_forward_hook(lambda module, inputs, out: out + bonus)
     cfg = make_config("ppo", "ci", max_new_tokens=8, minibatch=4, rollout_batch=4)
     batch, _ = prompt_batch(tiny_tokenizer)
-    rollout = make_rollout(four_models, tiny_tokenizer, batch["input_ids"], batch["attention_mask"],
-                           cfg, STATS, cfg.kl_coef, Timer())
+    rollout, _ = make_rollout(four_models, tiny_tokenizer, batch["input_ids"], batch["attention_mask"],
+                              cfg, STATS, cfg.kl_coef, Timer())
     assert rollout.mask.sum(1).tolist() == [1.0] * 4  # only the EOS is valid
     from accelerate import Accelerator
-    opts, _ = make_optimizers(actor, critic, cfg)
-    stats, skipped = ppo_update(actor, critic, rollout, cfg, opts, Accelerator(), torch.Generator().manual_seed(0))
+    optimizer, _ = make_optimizer(actor, critic, cfg)
+    stats, skipped, _ = ppo_update(actor, critic, rollout, cfg, optimizer, Accelerator(), torch.Generator().manual_seed(0))
     assert skipped == 0 and all(torch.isfinite(torch.tensor(v)) for v in stats.values())
 
 
