@@ -101,7 +101,6 @@ class PPOConfig:
     kl_horizon: int = 10000                # horizon of the adaptive controller
     clip_ratio: float = 0.2                # epsilon of the clipped policy objective (original: 0.2)
     clip_value: float = 0.2                # clip range of the value update around the old values
-    vf_coef: float = 0.1                   # weight of the value loss (used when actor and critic share a step)
     gamma: float = 1.0                     # discount (1: the episode is one short answer)
     lam: float = 0.95                      # GAE lambda
     normalize_score: bool = True           # score := (score - mean) / std from stage 2's SFT statistics
@@ -180,7 +179,7 @@ _POSITIVE = {"lr", "actor_lr", "critic_lr", "batch_size", "grad_accum", "epochs"
              "max_length", "max_prompt_length", "vocab_size", "hidden_size", "num_layers",
              "num_heads", "ffn_dim", "max_positions", "samples_per_prompt", "max_grad_norm",
              "hub_timeout_s", "score_clip", "target_kl", "kl_horizon", "max_bad_updates", "max_bad_steps"}
-_NON_NEGATIVE = {"weight_decay", "kl_coef", "vf_coef", "missing_eos_penalty", "checkpoint_every",
+_NON_NEGATIVE = {"weight_decay", "kl_coef", "missing_eos_penalty", "checkpoint_every",
                  "max_steps", "max_eval_rows", "generation_batch", "micro_batch", "max_prompts", "lora_rank", "critic_lora_rank", "sample_prompts",
                  "clip_value"}
 _UNIT = {"warmup_ratio", "dropout", "gamma", "lam"}  # in [0, 1]

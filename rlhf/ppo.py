@@ -159,12 +159,6 @@ def compute_rewards(scores, logprobs, ref_logprobs, mask, kl_coef):
 
 
 @full_precision
-def normalize_scores(scores, mean, std, clip):
-    """clip((score - mean) / std, -clip, +clip); `mean`, `std` measured once, e.g. on SFT answers."""
-    return ((scores - mean) / std).clamp(-clip, clip)                     # (B,)
-
-
-@full_precision
 def apply_missing_eos_penalty(scores, has_eos, penalty):
     """score - penalty for every response that never emitted EOS (the 'EOS trick')."""
     return torch.where(has_eos, scores, scores - penalty)                 # (B,)
@@ -251,19 +245,6 @@ def value_loss(values, old_values, returns, mask, clip_value):
     with torch.no_grad():
         stats = {"vf_clipfrac": masked_mean((clipped_loss > unclipped_loss).float(), mask)}
     return loss, stats
-
-
-@full_precision
-def pairwise_loss(chosen_scores, rejected_scores):
-    """Bradley-Terry loss of a reward model: mean[-log sigmoid(s_chosen - s_rejected)].
-
-    Returns (loss, accuracy, mean margin). Accuracy counts ties as wrong (s_c > s_r strictly);
-    logsigmoid keeps the loss finite for any margin.
-    """
-    margins = chosen_scores - rejected_scores                             # (B,)
-    loss = -F.logsigmoid(margins).mean()                                  # ()
-    accuracy = (margins > 0).float().mean().detach()                      # ()
-    return loss, accuracy, margins.mean().detach()
 
 
 # ----------------------------------------------------------------------------- KL controller

@@ -7,9 +7,10 @@ critic its per-token values and the reward model its one score per sequence.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .generation import position_ids_from_mask
-from .ppo import pairwise_loss
+from .ppo import full_precision
 
 
 class TokenScorer(torch.nn.Module):
@@ -49,6 +50,19 @@ def sequence_scores(model, input_ids, attention_mask):
     scores = token_scores(model, input_ids, attention_mask)          # (B, T)
     index = last_token_index(attention_mask)                          # (B,)
     return scores.gather(1, index[:, None]).squeeze(1)               # (B,)
+
+
+@full_precision
+def pairwise_loss(chosen_scores, rejected_scores):
+    """Bradley-Terry loss of a reward model: mean[-log sigmoid(s_chosen - s_rejected)].
+
+    Returns (loss, accuracy, mean margin). Accuracy counts ties as wrong (s_c > s_r strictly);
+    logsigmoid keeps the loss finite for any margin. Computed in float32 under any autocast.
+    """
+    margins = chosen_scores - rejected_scores                             # (B,)
+    loss = -F.logsigmoid(margins).mean()                                  # ()
+    accuracy = (margins > 0).float().mean().detach()                      # ()
+    return loss, accuracy, margins.mean().detach()
 
 
 def reward_loss_fn(model, batch):

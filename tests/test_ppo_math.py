@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf import ppo
+from rlhf import ppo, reward
 
 
 def prefix_mask(lengths, R):
@@ -184,11 +184,9 @@ def test_rewards_are_only_the_score_when_policy_equals_reference():       # [12]
     assert rewards.tolist() == [[0, 1.5, 0, 0, 0], [0, 0, 0, 0, -2.0]]
 
 
-def test_normalize_scores_and_missing_eos_penalty():                      # [9, 15]
-    scores = torch.tensor([3.0, 1.0, 101.0, -99.0])
-    normal = ppo.normalize_scores(scores, mean=1.0, std=2.0, clip=5.0)
-    assert normal.tolist() == [1.0, 0.0, 5.0, -5.0]
-    penalised = ppo.apply_missing_eos_penalty(normal, torch.tensor([True, False, True, False]), 1.0)
+def test_missing_eos_penalty():                                           # [9]
+    scores = torch.tensor([1.0, 0.0, 5.0, -5.0])
+    penalised = ppo.apply_missing_eos_penalty(scores, torch.tensor([True, False, True, False]), 1.0)
     assert penalised.tolist() == [1.0, -1.0, 5.0, -6.0]
 
 
@@ -319,15 +317,27 @@ def test_value_loss_without_movement_is_half_mse():
 # ----------------------------------------------------------------------------- reward model, KL controller
 
 def test_pairwise_loss():                                                 # [27]
+    pairwise_loss = reward.pairwise_loss
     same = torch.tensor([0.3, -1.0, 2.0])
-    loss, accuracy, margin = ppo.pairwise_loss(same, same.clone())
+    loss, accuracy, margin = pairwise_loss(same, same.clone())
     assert accuracy.item() == 0.0 and margin.item() == 0.0
     assert loss.item() == pytest.approx(math.log(2))
-    loss, accuracy, margin = ppo.pairwise_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]))
+    loss, accuracy, margin = pairwise_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]))
     by_hand = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(1.0))) / 2
     assert loss.item() == pytest.approx(by_hand) and accuracy.item() == 0.5 and margin.item() == 0.5
-    loss, _, _ = ppo.pairwise_loss(torch.tensor([-1000.0]), torch.tensor([0.0]))
+    loss, _, _ = pairwise_loss(torch.tensor([-1000.0]), torch.tensor([0.0]))
     assert loss.item() == pytest.approx(1000.0)                           # stable, not inf
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pairwise_loss_is_fp32_under_autocast(dtype):                     # [25]
+    chosen = torch.randn(8, generator=torch.Generator().manual_seed(0)) * 4
+    expected = reward.pairwise_loss(chosen, chosen.flip(0))
+    with torch.autocast("cpu", dtype=dtype):
+        got = reward.pairwise_loss(chosen, chosen.flip(0))
+    for e, g in zip(expected, got):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=0)
 
 
 def test_adaptive_kl_controller():                                        # [14]
