@@ -201,13 +201,11 @@ def ppo_calls():
         "kl_per_token": (logprobs, ref, mask, "k3"),
         "last_token_onehot": (mask,),
         "compute_rewards": (scores, logprobs, ref, mask, 0.1),
-        "normalize_scores": (scores, 4.0, 2.0, 5.0),
         "apply_missing_eos_penalty": (scores, scores > 4.3, 1.0),
         "gae_naive": (values, rewards, mask, 1.0, 0.95),
         "gae": (values, rewards, mask, 1.0, 0.95),
         "policy_loss": (logprobs, ref, values, mask, 0.2),
         "value_loss": (values, values + randn(B, R, s=0.3), rewards, mask, 0.2),
-        "pairwise_loss": (scores, scores.flip(0)),
         "update_kl_coef": (0.1, torch.tensor(3.0), 6.0, 16, 10000),
     }
 
