@@ -5,17 +5,27 @@ PRESET ?= auto
 # MODEL: a hub id instead of the preset's base model (notebook 0), e.g. facebook/opt-350m
 MODEL  ?=
 DATA   ?= dataset
-# A CPU machine gets the CPU build of this torch (a GPU machine the CUDA one); a torch that is
-# already in the environment (Colab's, say) is kept.
+# The tested torch, installed first by tools/install_torch.sh: the CPU build from PyTorch's CPU
+# index on a machine without an NVIDIA GPU (the default index where that index cannot be reached),
+# the default index's build with a GPU and on macOS. A torch already in $(VENV) is kept.
 TORCH  ?= torch==2.13.0
+# the exact versions of everything else that `make test` passed with (README, "Versions")
+CONSTRAINTS ?= constraints.txt
 BIN     = $(VENV)/bin
+# make floors: the lowest versions requirements.txt admits, in their own environment
+FLOORS_VENV  ?= .venv-floors
+FLOORS_TESTS ?= tests --ignore=tests/test_faults.py --ignore=tests/test_pipeline.py
+NEED_PYTHON  = $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	{ echo "Python 3.11 or newer is needed (transformers 5.23 requires it): make PYTHON=python3.12, say"; exit 1; }
 
-.PHONY: run test faults bench notebooks dataset clean
+.PHONY: run test faults bench notebooks dataset clean floors constraints
 
-$(BIN)/.installed: requirements.txt
+$(BIN)/.installed: requirements.txt $(CONSTRAINTS)
+	@$(NEED_PYTHON)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -r requirements.txt
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then echo "torch: keeping the one in $(VENV)"; \
+	else sh tools/install_torch.sh $(BIN)/pip "$(TORCH)"; fi
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -r requirements.txt
 	touch $@
 
 run: $(BIN)/.installed
@@ -41,3 +51,23 @@ dataset:
 
 clean:
 	rm -rf model tokenizer runs
+
+# the floors of requirements.txt, honest: a fresh $(FLOORS_VENV) with exactly those versions (the
+# packages they depend on at their newest), then the ci pipeline and the tests in a scratch copy
+floors:
+	@$(NEED_PYTHON)
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	echo '*' > $(FLOORS_VENV)/.gitignore
+	$(PYTHON) tools/floors.py pins > $(FLOORS_VENV)/floors.txt
+	sh tools/install_torch.sh $(FLOORS_VENV)/bin/pip "$$(grep '^torch==' $(FLOORS_VENV)/floors.txt)"
+	$(FLOORS_VENV)/bin/pip install -q -r $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python tools/floors.py run --tests "$(FLOORS_TESTS)"
+
+# after an upgrade that `make test` passed: the environment's versions become the tested set
+# (torch, and the CUDA libraries a CUDA build brings, stay with TORCH)
+constraints: $(BIN)/.installed
+	{ echo "# The tested set (make constraints): pip freeze of the environment make test passed in,"; \
+	  echo "# $$($(BIN)/python -c 'import platform; print("Python", platform.python_version(), platform.system(), platform.machine())'); torch is left to TORCH in the Makefile."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(torch|triton|nvidia-[a-z0-9-]+|pip|setuptools)=='; } > $(CONSTRAINTS)
+	touch $(BIN)/.installed
