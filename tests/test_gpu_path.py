@@ -392,3 +392,38 @@ def test_cuda_rng_states_are_saved_and_restored(tmp_path, monkeypatch):
     checkpoint.save_train_state(tmp_path, {"opt": optimizer}, {"opt": scheduler}, {"step": 1})
     checkpoint.load_train_state(tmp_path, {"opt": optimizer}, {"opt": scheduler})
     assert [t.tolist() for t in restored] == [[1, 2, 3], [4, 5]]
+
+
+# ----------------------------------------------------------------------------- make gpu-check
+
+def test_gpu_check_runs_its_pipeline_and_prints_the_table(tmp_path):
+    """bench/gpu_check.py at toy size on the CPU (fp16 through the CPU GradScaler): the code that
+    `make gpu-check` runs on a GPU, so the first GPU owner does not meet its bugs."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run([sys.executable, str(root / "bench" / "gpu_check.py"), "--shape", "tiny",
+                           "--allow-cpu", "--steps", "1", "--precisions", "fp16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| precision | stage" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["precision"], r["stage"]) for r in rows] == [("fp16", "sft"), ("fp16", "reward"), ("fp16", "ppo")]
+    assert all(r["finite"] and r["seconds"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    assert all(r["loss_scale"] >= 1 for r in rows)
+
+
+def test_gpu_check_without_a_gpu_says_so():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("there is a GPU here")
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "no CUDA GPU here" in done.stdout
