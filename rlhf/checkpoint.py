@@ -177,13 +177,29 @@ def _load_optimizer_state(optimizer, prefix: str, tensors: dict, meta: dict) -> 
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_train_state(folder, optimizers: dict, schedulers: dict, progress: dict) -> None:
+def gather_rng_states(accelerator) -> list:
+    """Every process's RNG state, in rank order, on every process (a collective: all ranks call
+    it). Each rank samples its own answers, so a resume must give each its own generators back."""
+    import torch
+
+    state = _rng_state()
+    if accelerator.num_processes == 1:
+        return [state]
+    states = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(states, state)  # in memory between the processes
+    return states
+
+
+def save_train_state(folder, optimizers: dict, schedulers: dict, progress: dict, rng_states=None) -> None:
     """Write train_state.safetensors + train_state.json into `folder` (inside a checkpoint being
-    written). optimizers/schedulers: {name: object}; progress: JSON-able (step, history, ...)."""
+    written). optimizers/schedulers: {name: object}; progress: JSON-able (step, history, ...);
+    rng_states: gather_rng_states' list, one per process (default: this process's alone)."""
     from safetensors.torch import save_file
 
-    tensors, rng_meta = _rng_state()
-    meta = {"progress": progress, "rng": rng_meta, "optimizers": {}, "schedulers": {}}
+    tensors, meta = {}, {"progress": progress, "rng": [], "optimizers": {}, "schedulers": {}}
+    for rank, (rng_tensors, rng_meta) in enumerate(rng_states or [_rng_state()]):
+        tensors.update({f"rank{rank}.{key}": value for key, value in rng_tensors.items()})
+        meta["rng"].append(rng_meta)
     for name, optimizer in optimizers.items():
         opt_tensors, meta["optimizers"][name] = _optimizer_state(optimizer, f"opt_{name}")
         tensors.update(opt_tensors)
@@ -193,8 +209,8 @@ def save_train_state(folder, optimizers: dict, schedulers: dict, progress: dict)
     write_json(Path(folder) / "train_state.json", meta)
 
 
-def load_train_state(folder, optimizers: dict, schedulers: dict) -> dict:
-    """Restore what save_train_state wrote; returns the saved `progress`."""
+def load_train_state(folder, optimizers: dict, schedulers: dict, rank: int = 0) -> dict:
+    """Restore what save_train_state wrote, with process `rank`'s RNG state; returns `progress`."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(Path(folder) / "train_state.safetensors"))
@@ -203,7 +219,9 @@ def load_train_state(folder, optimizers: dict, schedulers: dict) -> dict:
         _load_optimizer_state(optimizer, f"opt_{name}", tensors, meta["optimizers"][name])
     for name, scheduler in schedulers.items():
         scheduler.load_state_dict({**scheduler.state_dict(), **meta["schedulers"][name]})
-    _set_rng_state(tensors, meta["rng"])
+    saved = rank % len(meta["rng"])  # resumed with more processes than saved: reuse, in turn
+    prefix = f"rank{saved}."
+    _set_rng_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, meta["rng"][saved])
     return meta["progress"]
 
 

@@ -52,25 +52,37 @@ def ppo_losses(actor, critic, mb, P: int, cfg):
     return pg_loss, vf_loss, {**stats, **vstats, "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach()}
 
 
-def accumulate_gradients(actor, critic, mb, P, cfg, accelerator, micro: int):
+def accumulate_gradients(actor, critic, mb, P, cfg, accelerator, micro: int, tokens: float):
     """Backward of the minibatch's losses in chunks of `micro` rows. Returns its stats, or None
-    when a loss is not finite.
+    when a loss is not finite in any process (then no process has taken a backward step that
+    synchronises, so none waits for another).
 
-    The losses are token means over the whole minibatch, so each chunk's token mean is weighted
-    by its share of the minibatch's valid tokens: the gradients add up to the unsplit ones.
+    The losses are token means, so each chunk's is weighted by its share of `tokens` (the valid
+    tokens of the minibatch over all processes) times the number of processes, which DDP's
+    average divides out: the gradients add up to the unsplit ones. Gradients are all-reduced
+    once, on the last chunk (`no_sync` on the others).
     """
-    rows, tokens = mb["mask"].shape[0], mb["mask"].sum().clamp(min=1)
-    totals = defaultdict(float)
-    for start in range(0, rows, micro):
+    from .train import all_processes
+
+    starts = range(0, mb["mask"].shape[0], micro)
+    totals, finite = defaultdict(float), True
+    for start in starts:
         chunk = {k: v[start:start + micro] for k, v in mb.items()}
-        weight = chunk["mask"].sum() / tokens                                 # share of the tokens
-        with accelerator.autocast():
-            pg_loss, vf_loss, stats = ppo_losses(actor, critic, chunk, P, cfg)
-        if not (torch.isfinite(pg_loss) and torch.isfinite(vf_loss)):
-            return None
-        accelerator.backward((pg_loss + vf_loss) * weight)  # disjoint parameters: each model its own gradient
+        weight = chunk["mask"].sum() * accelerator.num_processes / max(tokens, 1.0)
+        last = start == starts[-1]
+        with contextlib.ExitStack() as stack:
+            if not last:
+                for model in (actor, critic):
+                    stack.enter_context(accelerator.no_sync(model))
+            with accelerator.autocast():
+                pg_loss, vf_loss, stats = ppo_losses(actor, critic, chunk, P, cfg)
+            finite = finite and bool(torch.isfinite(pg_loss) and torch.isfinite(vf_loss))
+            if last and not all_processes(accelerator, finite):  # one collective a step, on every rank
+                return None
+            if finite:
+                accelerator.backward((pg_loss + vf_loss) * weight)  # disjoint parameters: each model its own gradient
         for k, v in stats.items():
-            totals[k] += float(v) * float(weight)
+            totals[k] += float(v) * float(chunk["mask"].sum()) / max(float(mb["mask"].sum()), 1.0)
     return totals
 
 
@@ -82,9 +94,13 @@ def update_step(actor, critic, mb, P, cfg, optimizer, accelerator, micro: int, l
     its scale; without a scaler, a non-finite gradient skips the step here. stats is empty when
     the step failed for another reason than an fp16 overflow (a non-finite loss, say).
     """
+    from .train import sum_over_processes
+
+    tokens = sum_over_processes(accelerator, float(mb["mask"].sum()))  # once, outside the retries
+
     def attempt(micro):
         optimizer.zero_grad(set_to_none=True)
-        return accumulate_gradients(actor, critic, mb, P, cfg, accelerator, micro)
+        return accumulate_gradients(actor, critic, mb, P, cfg, accelerator, micro, tokens)
 
     stats, micro = halve_on_oom(attempt, micro, log, "PPO micro-batch")
     if stats is None:
@@ -182,7 +198,7 @@ def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, optimizer,
     fitted in memory from one iteration to the next; out-of-memory errors halve them.
     """
     from .data import collate_prompts
-    from .train import loss_scale
+    from .train import loss_scale, mean_over_processes
 
     sizes = {} if sizes is None else sizes
     actor, reference, reward_model, critic = models
@@ -192,7 +208,7 @@ def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, optimizer,
     with accelerator.autocast():  # the same precision as the update, so the first ratio is 1
         rollout, sizes["chunk"] = make_rollout(plain, tokenizer, batch["input_ids"], batch["attention_mask"],
                                                cfg, reward_stats, kl_coef, timer, sizes.get("chunk"), log)
-    stats = {"iteration": iteration + 1, **rollout_stats(rollout, kl_coef)}
+    stats = rollout_stats(rollout, kl_coef)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + iteration)
     with timer("train"):
         update, skipped, sizes["micro"] = ppo_update(actor, critic, rollout, cfg, optimizer, accelerator,
@@ -200,18 +216,20 @@ def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, optimizer,
     scale = loss_scale(accelerator)
     stats.update(update, skipped_updates=skipped, **({"loss_scale": scale} if scale is not None else {}),
                  **{f"time_{k}": v for k, v in timer.seconds.items()})
-    return rollout, stats
+    # the same numbers in every process: the adaptive KL and the bad-update count must not drift
+    stats = mean_over_processes(accelerator, stats)
+    return rollout, {"iteration": iteration + 1, **stats, "prompts": len(ids) * accelerator.num_processes}
 
 
-def save_resume(resume_dir, actor, critic, tokenizer, optimizer, schedule, progress):
+def save_resume(resume_dir, actor, critic, tokenizer, optimizer, schedule, progress, rng_states=None):
     """The resumable PPO checkpoint: actor (weights or LoRA adapters), critic, optimiser, RNG."""
     from .checkpoint import save_checkpoint
 
     save_checkpoint(resume_dir, actor, tokenizer, extra_models={"critic": critic},
-                    train_state=({"ppo": optimizer}, {"ppo": schedule}, progress))
+                    train_state=({"ppo": optimizer}, {"ppo": schedule}, progress, rng_states))
 
 
-def load_resume(resume_dir, actor, critic, optimizer, schedule, log):
+def load_resume(resume_dir, actor, critic, optimizer, schedule, log, rank=0):
     """Progress restored from `resume_dir`, or a fresh start."""
     from .checkpoint import has_train_state, load_train_state, load_weights
 
@@ -224,7 +242,7 @@ def load_resume(resume_dir, actor, critic, optimizer, schedule, log):
             set_peft_model_state_dict(model, load_file(f"{folder}/adapter_model.safetensors"))
         else:
             load_weights(model, folder)
-    progress = load_train_state(resume_dir, {"ppo": optimizer}, {"ppo": schedule})
+    progress = load_train_state(resume_dir, {"ppo": optimizer}, {"ppo": schedule}, rank)
     log(f"resumed from {resume_dir} at iteration {progress['iteration']}")
     return progress
 
@@ -240,9 +258,15 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge
     """
     from tqdm.auto import tqdm
 
+    from .checkpoint import gather_rng_states
     from .train import enable_gradient_checkpointing, make_accelerator, restore_scaler, scaler_state
 
     accelerator = make_accelerator(cfg.mixed_precision)
+    world = accelerator.num_processes
+    if world > 1 and len(prompt_ids) < cfg.rollout_batch * world:  # else ranks get unequal batches and hang
+        raise ValueError(f"{len(prompt_ids)} prompts cannot give {accelerator.num_processes} process(es) "
+                         f"{cfg.rollout_batch} prompts each (rollout_batch): lower rollout_batch, use "
+                         "fewer processes, or give PPO more prompts (DataConfig.split)")
     actor, reference, reward_model, critic = models
     if cfg.gradient_checkpointing:
         for model in (actor, critic):
@@ -254,7 +278,7 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge
             frozen.to(accelerator.device).eval().requires_grad_(False)
     torch.manual_seed(cfg.seed + accelerator.process_index)  # each process samples its own answers
     state = load_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model,
-                        optimizer, schedule, log) or \
+                        optimizer, schedule, log, accelerator.process_index) or \
         {"iteration": 0, "kl_coef": cfg.kl_coef, "bad_in_a_row": 0, "history": [], "samples": [], "sizes": {}}
     restore_scaler(accelerator, state)
     text_of = {tuple(ids): text for ids, text in zip(prompt_ids, prompt_texts or [])}
@@ -269,10 +293,11 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge
         record_iteration(state, rollout, stats, [text_of.get(tuple(i), "") for i in ids], tokenizer,
                          cfg, judge, log)
         state["scaler"] = scaler_state(accelerator)
-        if resume_dir and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 \
-                and it + 1 < cfg.iterations and accelerator.is_main_process:
-            save_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model,
-                        tokenizer, optimizer, schedule, state)
+        if resume_dir and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+            rng = gather_rng_states(accelerator)  # every process's generators, to rank 0
+            if accelerator.is_main_process:
+                save_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model,
+                            tokenizer, optimizer, schedule, state, rng)
         faults.point("step")
     # keep_fp32_wrapper=False: the models handed back run in full precision, as they came in
     actor, critic = (accelerator.unwrap_model(m, keep_fp32_wrapper=False) for m in (actor, critic))
@@ -297,7 +322,9 @@ def record_iteration(state, rollout, stats, prompts, tokenizer, cfg, judge, log)
         raise FloatingPointError(f"{state['bad_in_a_row']} iterations in a row had only non-finite "
                                  "updates; lower the learning rates or check the reward model")
     if cfg.adaptive_kl:
-        state["kl_coef"] = ppo.update_kl_coef(state["kl_coef"], stats["kl"], cfg.target_kl, len(texts), cfg.kl_horizon)
+        # stats["kl"] is the mean over every process's answers, stats["prompts"] how many there were
+        state["kl_coef"] = ppo.update_kl_coef(state["kl_coef"], stats["kl"], cfg.target_kl, stats["prompts"],
+                                              cfg.kl_horizon)
     state["history"].append(stats)
     if hasattr(log, "record"):
         log.record(stats)

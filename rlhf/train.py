@@ -8,6 +8,7 @@ micro-batch is halved and the step redone, so the effective batch never changes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -16,7 +17,7 @@ from torch.optim import AdamW
 from transformers import get_linear_schedule_with_warmup
 
 from . import faults
-from .checkpoint import has_train_state, load_train_state, load_weights, save_checkpoint
+from .checkpoint import gather_rng_states, has_train_state, load_train_state, load_weights, save_checkpoint
 from .runtime import free_gpu_cache, halve_on_oom, keep_freed_cpu_memory, resolve_mixed_precision
 
 
@@ -40,10 +41,26 @@ def make_accelerator(mixed_precision: str):
         # runtime"); forget it, so a stage can run again with another config in the same kernel.
         AcceleratorState._reset_state()  # the process group (PartialState) is kept
     accelerator = Accelerator(mixed_precision=precision, cpu=on_cpu)
+    check_engine(accelerator.distributed_type.value)
     if precision == "fp16" and accelerator.scaler is None and accelerator.device.type == "cpu":
         accelerator.native_amp = True  # prepare() then wraps forward in fp16 autocast, as on a GPU
         accelerator.scaler = torch.amp.GradScaler("cpu")
     return accelerator
+
+
+def check_engine(distributed_type: str) -> None:
+    """Refuse the engines these loops do not support, before anything trains.
+
+    One process, or several under DDP (`configs/accelerate/ddp.yaml`), is what fit and train_ppo
+    do correctly and what the tests run. DeepSpeed and FSDP would need one engine per trained
+    model in PPO, parameters gathered for generation and for every checkpoint, and engine-aware
+    gradient accumulation; none of that is implemented, so they are not offered.
+    """
+    if distributed_type in ("DEEPSPEED", "FSDP", "MEGATRON_LM"):
+        raise NotImplementedError(
+            f"{distributed_type} is not supported by this project's training loops (README, "
+            "'Many GPUs'). Launch with configs/accelerate/ddp.yaml, and for a model that does not "
+            "fit use lora_rank / critic_lora_rank, gradient_checkpointing and mixed precision.")
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -88,26 +105,72 @@ def step_batches(n_items: int, batch_size: int, epoch: int, seed: int):
     return [order[i:i + batch_size] for i in range(0, n_items, batch_size)]
 
 
-def accumulate_step(model, items, collate, loss_fn, accelerator, micro: int):
-    """Forward/backward over `items` in micro-batches; gradients average over the step."""
-    stats_sum, n = {}, len(items)
-    for start in range(0, n, micro):
-        chunk = items[start:start + micro]
-        batch = {k: v.to(accelerator.device) for k, v in collate(chunk).items()}
-        with accelerator.autocast():
-            loss, stats = loss_fn(model, batch)
-        accelerator.backward(loss * len(chunk) / n)
+def sum_over_processes(accelerator, value: float) -> float:
+    """`value` summed over every process of the run (itself in a single process). A collective:
+    every process must call it at the same point."""
+    if accelerator.num_processes == 1:
+        return float(value)
+    total = torch.tensor(float(value), dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(total, "sum"))
+
+
+def all_processes(accelerator, flag: bool) -> bool:
+    """True when `flag` holds in every process: a decision all ranks then take together."""
+    return sum_over_processes(accelerator, float(not flag)) == 0
+
+
+def mean_over_processes(accelerator, stats: dict) -> dict:
+    """Every number of `stats` averaged over the processes, so each rank logs and decides the same
+    (every rank must pass the same keys)."""
+    if accelerator.num_processes == 1 or not stats:
+        return stats
+    keys = sorted(stats)
+    values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(values, "mean").tolist()))
+
+
+def loss_units(batch) -> int:
+    """What a loss_fn's mean runs over: the labelled tokens of an SFT batch (labels other than
+    -100, after the one-position shift), otherwise its rows (a reward batch: 2 per pair)."""
+    if "labels" in batch:
+        return int((batch["labels"][:, 1:] != -100).sum())
+    return int(batch["input_ids"].shape[0])
+
+
+def accumulate_step(model, items, collate, loss_fn, accelerator, micro: int, step_units: float):
+    """Forward/backward over `items` in micro-batches of `micro`; returns the step's stats.
+
+    Each micro-batch's mean loss is weighted by its share of `step_units` (the loss units of the
+    step's whole batch over all processes) times the number of processes, which DDP's gradient
+    average divides out again: the gradient is the token mean of the global batch whatever the
+    split into processes and micro-batches. Gradients are all-reduced once, on the last
+    micro-batch (`no_sync` on the others).
+    """
+    batches = [collate(items[i:i + micro]) for i in range(0, len(items), micro)]
+    units = [loss_units(batch) for batch in batches]
+    scale = accelerator.num_processes / max(step_units, 1.0)
+    stats_sum = {}
+    for i, (batch, n) in enumerate(zip(batches, units)):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        last = i == len(batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            with accelerator.autocast():
+                loss, stats = loss_fn(model, batch)
+            # a micro-batch with nothing to learn has an undefined (NaN) mean: it adds nothing
+            accelerator.backward(loss * (n * scale) if n else loss.nan_to_num() * 0.0)
         for key, value in stats.items():
-            stats_sum[key] = stats_sum.get(key, 0.0) + float(value) * len(chunk) / n
+            stats_sum[key] = stats_sum.get(key, 0.0) + float(value) * n / max(sum(units), 1)
     return stats_sum
 
 
 def robust_step(model, items, collate, loss_fn, accelerator, optimizer, micro: int, log):
     """One step's gradients; on out-of-memory the micro-batch is halved and the step redone
     (the effective batch is unchanged). Returns (stats, micro)."""
+    step_units = sum_over_processes(accelerator, loss_units(collate(items)))  # once, outside the retries
+
     def attempt(micro):
         optimizer.zero_grad(set_to_none=True)
-        return accumulate_step(model, items, collate, loss_fn, accelerator, micro)
+        return accumulate_step(model, items, collate, loss_fn, accelerator, micro, step_units)
     return halve_on_oom(attempt, micro, log, "micro-batch")
 
 
@@ -120,7 +183,7 @@ def apply_step(model, stats, accelerator, optimizer, cfg) -> tuple[bool, float]:
     leave it un-updated, and the next unscale would raise.)
     """
     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))  # fp16: unscales first
-    finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values())
+    finite = all_processes(accelerator, math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values()))
     if finite or accelerator.scaler is not None:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -140,7 +203,8 @@ def resume(model, optimizer, scheduler, accelerator, resume_dir, log) -> dict:
     progress = {"step": 0, "micro": None, "bad_in_a_row": 0, "history": {"steps": [], "epochs": []}}
     if resume_dir and has_train_state(resume_dir):
         load_weights(model, resume_dir)
-        progress = load_train_state(resume_dir, {"model": optimizer}, {"model": scheduler})
+        progress = load_train_state(resume_dir, {"model": optimizer}, {"model": scheduler},
+                                    rank=accelerator.process_index)
         restore_scaler(accelerator, progress)
         log(f"resumed from {resume_dir} at step {progress['step']}")
     return progress
@@ -191,6 +255,7 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
             items = [train_items[i] for i in (indices[rank::world] or indices[:1])]
             stats, micro = robust_step(model, items, collate, loss_fn, accelerator, optimizer, micro, log)
             stepped, grad_norm = apply_step(model, stats, accelerator, optimizer, cfg)
+            stats = mean_over_processes(accelerator, stats)  # what every rank logs and decides on
             scheduler.step()
             overflow = not stepped and is_overflow(accelerator, stats)
             bad = not (stepped or overflow)
@@ -210,10 +275,11 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
                                      **stats})
             bar.update(1)
             bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}")
-            if resume_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total \
-                    and accelerator.is_main_process:
-                save_checkpoint(resume_dir, accelerator.unwrap_model(model), tokenizer,
-                                train_state=({"model": optimizer}, {"model": scheduler}, state))
+            if resume_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                rng = gather_rng_states(accelerator)  # every process's generators, to rank 0
+                if accelerator.is_main_process:
+                    save_checkpoint(resume_dir, accelerator.unwrap_model(model), tokenizer,
+                                    train_state=({"model": optimizer}, {"model": scheduler}, state, rng))
             faults.point("step")
         if evaluate is not None and epoch + 1 > len(history["epochs"]):
             model.eval()

@@ -69,7 +69,14 @@ def run_rm(per_device):
 
 
 class Tok:
+    """What the PPO loop needs of a tokenizer, for ids that stand for themselves."""
     pad_token_id, eos_token_id, bos_token_id = 0, 2, 1
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+    def save_pretrained(self, folder):  # nothing to save: the ids are the vocabulary
+        pass
 
 
 def run_ppo(per_device):
@@ -93,8 +100,37 @@ def run_ppo(per_device):
     return accelerator.unwrap_model(actor)
 
 
+def ppo_loop(per_device, out, **overrides):
+    """train_ppo itself, as notebook 3 runs it, on tiny models; each rank writes its history."""
+    import json
+
+    from rlhf.ppo_loop import train_ppo
+
+    nan_rank = overrides.pop("nan_on_rank", None)
+    torch.manual_seed(0)
+    actor = remember(disable_dropout(OPTForCausalLM(opt_config())))
+    reward_model = disable_dropout(OPTForSequenceClassification(opt_config(num_labels=1))).eval()
+    cfg = make_config("ppo", "ci", **{"iterations": 3, "max_new_tokens": 6, "ppo_epochs": 1, "checkpoint_every": 0,
+                                      "rollout_batch": per_device, "minibatch": per_device,
+                                      "mixed_precision": PRECISION, **overrides})
+    rank = Accelerator(cpu=True).process_index
+    stats = {"mean": float("nan") if nan_rank == rank else 0.0, "std": 1.0}
+    prompts = [s[:4] for s in sequences(16, 6, 4)]
+    resume_dir = out / "resume" if cfg.checkpoint_every else None
+    actor, _, history, _ = train_ppo((actor, copy.deepcopy(actor).eval(), reward_model, copy.deepcopy(reward_model)),
+                                     Tok(), prompts, cfg, stats, log=lambda m: None, progress=False,
+                                     resume_dir=resume_dir)
+    (out / f"history-{rank}.json").write_text(json.dumps(history))
+    return actor
+
+
 def run(task, out, per_device):
-    model = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo}[task](per_device)
+    tasks = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo,
+             # NaN reward statistics on rank 1 only: every update must be skipped on both ranks
+             "ppo_nan": lambda n: ppo_loop(n, out, iterations=2, max_bad_updates=10, nan_on_rank=1),
+             "ppo_adaptive": lambda n: ppo_loop(n, out, adaptive_kl=True, target_kl=0.5, kl_horizon=20),
+             "ppo_resume": lambda n: ppo_loop(n, out, iterations=4, checkpoint_every=2)}
+    model = tasks[task](per_device)
     state = Accelerator(cpu=True)
     weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(weights, str(out / f"{task}-{state.num_processes}-{state.process_index}.safetensors"))

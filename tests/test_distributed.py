@@ -18,7 +18,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(task, out, per_device, processes, launcher="torchrun"):
+def launch(task, out, per_device, processes, launcher="torchrun", env=None):
     if processes == 1:
         cmd = [sys.executable, str(WORKER), task, str(out), str(per_device)]
     elif launcher == "notebook_launcher":
@@ -28,7 +28,7 @@ def launch(task, out, per_device, processes, launcher="torchrun"):
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), task,
                str(out), str(per_device)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", **(env or {})})
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -81,3 +81,57 @@ def test_a_stage_runs_as_a_script_under_two_processes(tmp_path):
     from transformers import AutoModelForCausalLM
     assert AutoModelForCausalLM.from_pretrained(project / "model" / "actor")
     assert not list((project / "model").glob(".actor.*"))
+
+
+# ----------------------------------------------------------------------------- DDP that cannot hang or drift
+
+def histories(out):
+    import json
+    return [json.loads((out / f"history-{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_nan_on_one_rank_skips_the_step_on_both_and_finishes(tmp_path):
+    """Rank 1's reward statistics are NaN, so only its losses are not finite. Both ranks must skip
+    every update together (no rank waiting in an all-reduce the other never joins: launch()
+    fails on its 300 s timeout) and keep identical weights."""
+    launch("ppo_nan", tmp_path, 4, 2)
+    first, second = histories(tmp_path)
+    assert [h["skipped_updates"] for h in first] == [h["skipped_updates"] for h in second] == [1, 1]
+    rank0 = load_file(str(tmp_path / "ppo_nan-2-0.safetensors"))
+    rank1 = load_file(str(tmp_path / "ppo_nan-2-1.safetensors"))
+    initial = load_file(str(tmp_path / "ppo_nan-initial.safetensors"))
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]) and torch.equal(rank0[name], initial[name])
+
+
+def test_adaptive_kl_coefficient_is_the_same_on_every_rank(tmp_path):
+    """beta follows the KL measured over both ranks' answers, with both ranks' sample count."""
+    from rlhf import ppo
+
+    launch("ppo_adaptive", tmp_path, 4, 2)
+    first, second = histories(tmp_path)
+    assert [h["kl_coef"] for h in first] == [h["kl_coef"] for h in second]
+    assert [h["kl"] for h in first] == [h["kl"] for h in second]
+    for before, after in zip(first, first[1:]):
+        assert before["prompts"] == 8
+        assert after["kl_coef"] == pytest.approx(ppo.update_kl_coef(before["kl_coef"], before["kl"], 0.5, 8, 20))
+    assert first[1]["kl_coef"] != first[0]["kl_coef"]
+
+
+def test_two_process_ppo_resumes_where_it_would_have_been(tmp_path):
+    """Killed after iteration 3 (checkpoint at 2), rerun: the 2-process run ends exactly where an
+    uninterrupted one does, which needs each rank's own RNG state back (the ranks sample
+    different answers)."""
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    whole.mkdir(), resumed.mkdir()
+    launch("ppo_resume", whole, 4, 2)
+    with pytest.raises(AssertionError):
+        launch("ppo_resume", resumed, 4, 2, env={"RLHF_FAULT": "step:3"})   # SIGKILL at iteration 3
+    assert (resumed / "resume" / "train_state.json").exists()
+    launch("ppo_resume", resumed, 4, 2)
+    for rank in (0, 1):
+        a = load_file(str(whole / f"ppo_resume-2-{rank}.safetensors"))
+        b = load_file(str(resumed / f"ppo_resume-2-{rank}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"rank {rank} differs after the resume"
+    untimed = lambda runs: [[{k: v for k, v in row.items() if not k.startswith("time_")} for row in h] for h in runs]
+    assert untimed(histories(whole)) == untimed(histories(resumed))

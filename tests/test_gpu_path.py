@@ -427,3 +427,41 @@ def test_gpu_check_without_a_gpu_says_so():
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "no CUDA GPU here" in done.stdout
+
+
+# ----------------------------------------------------------------------------- token-mean losses
+
+@pytest.mark.parametrize("micro", [1, 3])
+def test_sft_step_is_the_token_mean_whatever_the_micro_batch(micro):
+    """Rows with 1 to 6 labelled tokens: one micro-batch of 8 and micro-batches of `micro` give
+    the same gradient, that of the mean over all the step's labelled tokens."""
+    from rlhf.sft import sft_loss
+    from rlhf.train import robust_step
+
+    g = torch.Generator().manual_seed(0)
+    items = [{"input_ids": torch.randint(3, 64, (8,), generator=g).tolist(),
+              "labels": [-100] * (8 - k) + torch.randint(3, 64, (k,), generator=g).tolist()} for k in range(1, 9)]
+    collate = partial(data.collate_sft, pad_id=0)
+    batch = collate(items)
+    reference = tiny_lm().eval()                                       # dropout off: the same forward twice
+    sft_loss(reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+             batch["labels"]).backward()                                # the whole batch's token mean
+    model, accelerator = tiny_lm().eval(), make_accelerator("no")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats, used = robust_step(model, items, collate, sft_loss_fn, accelerator, optimizer, micro, print)
+    assert used == micro
+    for expected, got in zip(reference.parameters(), model.parameters()):
+        torch.testing.assert_close(got.grad, expected.grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["DEEPSPEED", "FSDP"])
+def test_engines_that_are_not_implemented_are_refused_clearly(engine):
+    from accelerate.utils import DistributedType
+
+    from rlhf.train import check_engine
+
+    assert DistributedType(engine).value == engine                     # the names accelerate uses
+    with pytest.raises(NotImplementedError, match="ddp.yaml"):
+        check_engine(engine)
+    for fine in ("NO", "MULTI_CPU", "MULTI_GPU"):
+        check_engine(DistributedType(fine).value)
