@@ -18,7 +18,7 @@ FLOORS_TESTS ?= tests --ignore=tests/test_faults.py --ignore=tests/test_pipeline
 NEED_PYTHON  = $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	{ echo "Python 3.11 or newer is needed (transformers 5.23 requires it): make PYTHON=python3.12, say"; exit 1; }
 
-.PHONY: run test faults bench notebooks dataset clean floors constraints
+.PHONY: run test faults bench notebooks dataset clean floors constraints gpu-check
 
 $(BIN)/.installed: requirements.txt $(CONSTRAINTS)
 	@$(NEED_PYTHON)
@@ -33,6 +33,12 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests
+
+# on a machine with a CUDA GPU: the CUDA-only tests, then a short opt-125m-shape pipeline in fp16
+# and bf16 (and, with 2+ GPUs, stages 1-3 under DDP); prints one table (README, "GPUs")
+gpu-check: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m cuda tests
+	$(BIN)/python bench/gpu_check.py
 
 faults: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests/test_faults.py; status=$$?; $(BIN)/python tools/fault_report.py; exit $$status

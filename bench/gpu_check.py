@@ -8,7 +8,9 @@ project's own stages with random weights (bench/common.py builds them, so nothin
 downloaded): SFT steps, reward-model steps and PPO iterations, through rlhf.train.fit and
 rlhf.ppo_loop.train_ppo unchanged. It prints one table: seconds per stage, tokens per second,
 peak GPU memory, whether every loss stayed finite, how many steps the fp16 loss scaler skipped,
-and the final loss scale. The table is also written to runs/gpu_check.json.
+and the final loss scale. With 2 or more GPUs it then runs stages 1-3 of the ci preset under
+`accelerate launch` with configs/accelerate/ddp.yaml on all of them. Everything is also written
+to runs/gpu_check.json.
 """
 from __future__ import annotations
 
@@ -93,6 +95,32 @@ def ppo_row(st, precision):
             "generate_s": sum(r["time_generate"] for r in history)}
 
 
+def multi_gpu_rows(gpus: int) -> list[dict]:
+    """Stages 1-3 of the ci preset under `accelerate launch` with configs/accelerate/ddp.yaml on
+    `gpus` GPUs, in a scratch copy of the project (stage 0 first, in one process)."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_")) / "project"
+    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".git", ".venv*", "model", "tokenizer", "runs"))
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    rows = []
+    steps = [[sys.executable, "tools/run_stage.py", "0", "--preset", "ci"]] + [
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/ddp.yaml",
+         "--num_processes", str(gpus), "tools/run_stage.py", stage, "--preset", "ci"] for stage in "123"]
+    for stage, cmd in zip("0123", steps):
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
+        rows.append({"stage": stage, "processes": 1 if stage == "0" else gpus, "ok": done.returncode == 0,
+                     "seconds": time.perf_counter() - start, "error": done.stderr[-1500:] if done.returncode else ""})
+        print(f"  DDP stage {stage} on {rows[-1]['processes']} GPU(s): {'ok' if rows[-1]['ok'] else 'FAILED'}", flush=True)
+        if done.returncode:
+            break
+    return rows
+
+
 def precisions_here(asked):
     """The precisions to check on this device, and a note for each one left out."""
     if not torch.cuda.is_available():
@@ -139,14 +167,22 @@ def main(argv=None) -> int:
                     lambda: ppo_row(st, precision)):
             rows.append({"precision": precision, **run()})
             print(f"  {precision} {rows[-1]['stage']}: {rows[-1]['seconds']:.1f} s", flush=True)
+    gpus = torch.cuda.device_count()
+    ddp = multi_gpu_rows(gpus) if gpus > 1 else []
     print()
     print(format_table(rows))
+    for row in ddp:
+        print(f"DDP ({row['processes']} process(es)) stage {row['stage']}: {'ok' if row['ok'] else 'FAILED'} "
+              f"in {row['seconds']:.0f} s" + (f"\n{row['error']}" if row["error"] else ""))
+    if gpus < 2:
+        notes.append("multi-GPU section skipped: fewer than 2 GPUs")
     for note in notes:
         print(note)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"device": device, "torch": torch.__version__, "shape": args.shape,
-                                          "steps": args.steps, "rows": rows, "notes": notes}, indent=2) + "\n")
-    return 0 if all(r["finite"] for r in rows) else 1
+                                          "steps": args.steps, "rows": rows, "ddp": ddp, "notes": notes},
+                                         indent=2) + "\n")
+    return 0 if all(r["finite"] for r in rows) and all(r["ok"] for r in ddp) else 1
 
 
 if __name__ == "__main__":
