@@ -1,29 +1,43 @@
 """Everything the notebooks use, in one import: `import util`.
 
-A thin facade over the small `rlhf` package, where each piece lives in a short module:
-config (one frozen config per stage, presets), data (reading, validation, encoding), tasks (the
-built-in tasks and the gold judge), models (hub or offline fallback), train (the supervised loop),
-sft, reward, ppo (the PPO math), rollout and rlhf_loop (stage 3), evaluate (stage 4),
-checkpoint (atomic Hugging Face folders), runtime (Colab, device, cache, logging).
-"""
-import torch
+A thin facade over the `rlhf` package, where each piece lives in a short module:
 
-from rlhf.checkpoint import read_json, recover, require_checkpoint, save_checkpoint, write_json
-from rlhf.config import (ConfigError, config_table, make_config, save_config, ActorConfig,
-                         BaseConfig, CriticConfig, DataConfig, EvalConfig, PPOConfig, PRESETS)
-from rlhf.data import (DataError, collate_pairs, collate_prompts, collate_sft, encode_pairs,
-                       encode_prompts, encode_sft, format_summary, load_dataset_dir, load_rows,
-                       pad_left, pad_right, split_rows)
+  rlhf/config.py      one frozen config per stage, the presets, config tables
+  rlhf/data.py        reading, validation, splitting, encoding, collation; the chat template
+  rlhf/tasks.py       the built-in tasks, the demonstrator and the gold judge
+  rlhf/models.py      hub-or-fallback base model and tokenizer; the four models of PPO
+  rlhf/train.py       the supervised loop (SFT and reward model), accelerator, mixed precision
+  rlhf/sft.py         stage 1: the SFT loss
+  rlhf/reward.py      stage 2: the pairwise loss, scores read at the last token
+  rlhf/ppo.py         stage 3: the PPO math, small pure functions
+  rlhf/rollout.py     stage 3: one rollout scored by the four models
+  rlhf/ppo_loop.py    stage 3: the PPO update, and the resumable multi-process runner
+  rlhf/evaluate.py    stage 4: SFT against RLHF
+  rlhf/generation.py  sampling, decoding, chat
+  rlhf/checkpoint.py  atomic Hugging Face checkpoint folders, resumable training state
+  rlhf/runtime.py     precision choice, out-of-memory back-off, seeds, cache, logging
+  rlhf/colab.py       finding the project and setting up Colab (the notebooks' first cell)
+
+The math modules are reached as modules (`util.ppo.gae`, `util.reward.pairwise_loss`,
+`util.rollout.score`), everything else by name.
+"""
+import shutil
+
+from rlhf import ppo, reward, rollout, sft
+from rlhf.checkpoint import read_json, require_checkpoint, save_checkpoint
+from rlhf.config import config_table, make_config
+from rlhf.data import (collate_pairs, collate_prompts, collate_sft, encode_pairs, encode_prompts,
+                       encode_sft, format_summary, load_dataset_dir, split_rows, token_table)
+from rlhf.evaluate import evaluate_policies, flaw_table, gold_judge_for, pick_examples, summarize
 from rlhf.generation import chat, complete, decode_responses, generate, position_ids_from_mask
-from rlhf.models import (check_tokenizer_matches, count_parameters, ensure_pad_token, get_base,
-                         has_gpu, hub_reachable, load_tokenizer, lora_config, resolve_preset,
-                         train_tokenizer)
-from rlhf.colab import find_project_root, in_colab, setup_colab
-from rlhf.runtime import (RunLog, cpu_has_bf16, free_gpu_cache, resolve_mixed_precision,
-                          seed_everything)
-from rlhf.tasks import gold_breakdown, gold_score
-from rlhf.train import fit
-from rlhf import ppo, reward, sft
+from rlhf.models import (check_tokenizer_matches, count_parameters, get_base, has_gpu,
+                         load_ppo_models, load_tokenizer, resolve_preset)
+from rlhf.ppo_loop import (Timer, make_optimizer, ppo_losses, ppo_update, prompt_batch,
+                           rollout_stats, train_ppo)
+from rlhf.rollout import make_rollout
+from rlhf.runtime import RunLog, explain_precision, free_gpu_cache, seed_everything
+from rlhf.tasks import FLAW_NAMES, gold_breakdown, gold_flaws, gold_score
+from rlhf.train import fit, make_accelerator
 
 MODEL_DIR = "model"
 
@@ -31,8 +45,6 @@ MODEL_DIR = "model"
 def stage_dir(stage: str, root: str = MODEL_DIR) -> str:
     """Where a stage writes its checkpoint: model/base, model/actor, model/critic, model/rlhf."""
     return f"{root}/{stage}"
-from rlhf.evaluate import evaluate_policies, gold_judge_for, summarize
-from rlhf.ppo_loop import train_ppo
 
 
 def resume_dir(stage: str, root: str = MODEL_DIR) -> str:
@@ -41,22 +53,21 @@ def resume_dir(stage: str, root: str = MODEL_DIR) -> str:
 
 
 def clear_resume(stage: str, root: str = MODEL_DIR) -> None:
-    import shutil
     shutil.rmtree(resume_dir(stage, root), ignore_errors=True)
 
 
-def start(stage: str, preset: str = "auto", data_dir: str = "dataset"):
-    """The first call of notebooks 1-4: install what Colab lacks, resolve the preset (and say
-    why), print the stage's config as a table, seed everything. Returns (preset, data_cfg, cfg)."""
-    setup_colab()
+def start(stage: str, preset: str = "auto", data_dir: str = "dataset", show=()):
+    """The first call of notebooks 1-4 (after the first cell has found the project and set up
+    Colab): resolve the preset (and say why), print the stage's config (the fields in `show` and
+    those the preset changed; `config_table(cfg)` prints all) and the precision `auto` means here,
+    seed everything. Returns (preset, data_cfg, cfg)."""
     name, reason = resolve_preset(preset)
     print(f"preset: {name} ({reason})")
     data_cfg = make_config("data", name, data_dir=data_dir)
     cfg = make_config(stage, name)
-    print(config_table(cfg))
+    print(config_table(cfg, show))
     if hasattr(cfg, "mixed_precision"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        print(f"mixed precision: {cfg.mixed_precision} -> {resolve_mixed_precision(cfg.mixed_precision)} "
-              f"on {device}" + (" (the CPU has bf16 instructions)" if device == "cpu" and cpu_has_bf16() else ""))
+        precision, why = explain_precision(cfg.mixed_precision)
+        print(f"mixed precision: {cfg.mixed_precision} -> {precision} ({why})")
     seed_everything(getattr(cfg, "seed", 0))
     return name, data_cfg, cfg

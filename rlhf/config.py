@@ -7,9 +7,7 @@ default (minutes on 2 CPU cores), `opt-125m` is the original. `auto` picks one a
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 
 class ConfigError(ValueError):
@@ -211,17 +209,28 @@ def validate(config) -> None:
         raise ConfigError("PPOConfig.rollout_batch must be a multiple of minibatch")
 
 
-def config_table(config) -> str:
-    """The config as a two-column text table, one field a row."""
-    rows = [(f.name, repr(getattr(config, f.name))) for f in fields(config)]
-    width = max(len(k) for k, _ in rows)
+def config_table(config, show=None) -> str:
+    """The config as a two-column text table, one field a row.
+
+    show=None lists every field. show=("kl_coef", ...) lists those fields and every field whose
+    value differs from its default (what the preset changed), marked *, and says how many more
+    sit at their defaults.
+    """
+    changed = {f.name for f in fields(config) if getattr(config, f.name) != f.default}
+    names = [f.name for f in fields(config) if show is None or f.name in changed or f.name in show]
+    rows = [(name + (" *" if show is not None and name in changed else ""), repr(getattr(config, name)))
+            for name in names]
+    width = max((len(k) for k, _ in rows), default=0)
     title = type(config).__name__
-    return "\n".join([title, "-" * len(title)] + [f"{k:<{width}}  {v}" for k, v in rows])
+    lines = [title, "-" * len(title)] + [f"{k:<{width}}  {v}" for k, v in rows]
+    hidden = len(fields(config)) - len(names)
+    if hidden and not changed:
+        lines.append(f"(all {hidden} fields at their defaults: util.config_table(cfg) lists them)")
+    elif hidden:
+        lines.append(f"(* set by the preset; {hidden} more fields at their defaults: "
+                     "util.config_table(cfg) lists all)")
+    return "\n".join(lines)
 
 
 def config_to_dict(config) -> dict:
     return {"class": type(config).__name__, **dataclasses.asdict(config)}
-
-
-def save_config(config, path) -> None:
-    Path(path).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")

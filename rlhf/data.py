@@ -8,6 +8,8 @@ problem raises `DataError` naming the file, the line (or array element) and the 
 A token sequence is `[bos] + prompt_ids + response_ids + [eos]`, where the response is tokenised
 as " " + text. Prompts too long are cut from the LEFT (the "Assistant:" end is what the model
 must continue from); responses too long are cut from the right and then lose their EOS.
+CHAT_TEMPLATE renders chat messages in exactly this format, so `tokenizer.apply_chat_template`
+(and `transformers.pipeline` with messages) gives the ids the models were trained on.
 """
 from __future__ import annotations
 
@@ -24,6 +26,27 @@ FIELDS = ("prompt", "response", "chosen", "rejected")
 # such a row has a prompt and a response but no preference pair.
 NON_EMPTY = {"train": FIELDS, "eval": ("prompt", "response", "chosen")}
 IGNORE_INDEX = -100  # label of positions the loss skips (torch cross_entropy's default)
+
+
+# The training format as a Jinja chat template (every checkpoint's tokenizer carries it):
+# [{"role": "user", "content": "What colour is a banana?"}] with add_generation_prompt renders
+# "<bos>Human: What colour is a banana? Assistant:", the prompt of a row; a final assistant
+# message renders as " Assistant: <answer><eos>", the SFT sequence. Earlier assistant turns get
+# no EOS, as in a multi-turn prompt of the data.
+CHAT_TEMPLATE = (
+    "{{- bos_token if bos_token else '' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- ('' if loop.first else ' ') + 'Human: ' + message['content'] | trim -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- ' Assistant: ' + message['content'] | trim -}}"
+    "{%- if loop.last and eos_token -%}{{- eos_token -}}{%- endif -%}"
+    "{%- else -%}"
+    "{{- raise_exception('only user and assistant messages: the training data has no other role') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- ' Assistant:' -}}{%- endif -%}"
+)
 
 
 class DataError(ValueError):
@@ -312,8 +335,26 @@ def collate_pairs(pairs, pad_id: int) -> dict:
     return dict(input_ids=ids, attention_mask=mask)
 
 
-def collate_prompts(prompt_ids_list, pad_id: int) -> dict:
+def collate_prompts(prompt_ids_list, pad_id: int, device=None) -> dict:
     """Left-padded prompts (B, P), so every prompt ends at the last column and generation
-    continues all of them from the same position."""
+    continues all of them from the same position; on `device` when given."""
     ids, mask = pad_left(prompt_ids_list, pad_id)
-    return dict(input_ids=ids, attention_mask=mask)
+    return dict(input_ids=ids.to(device), attention_mask=mask.to(device)) if device is not None \
+        else dict(input_ids=ids, attention_mask=mask)
+
+
+def token_table(tokens, width: int = 10, **rows) -> str:
+    """Tokens and, under each, its value in every row (labels, position ids, ...), in aligned
+    columns, `width` tokens a block:  token_table(["<s>", "Hi"], label=[-100, 7])."""
+    lines = []
+    names = ["token", *rows]
+    for start in range(0, len(tokens), width):
+        cells = [[repr(t) for t in tokens[start:start + width]]]
+        cells += [[str(v) for v in values[start:start + width]] for values in rows.values()]
+        widths = [max(len(column[i]) for column in cells) for i in range(len(cells[0]))]
+        pad = max(map(len, names))
+        for name, column in zip(names, cells):
+            lines.append(f"{name:<{pad}}  " + " ".join(f"{c:>{w}}" for c, w in zip(column, widths)))
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")
+

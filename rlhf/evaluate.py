@@ -61,7 +61,7 @@ def evaluate_policies(policies, reference, reward_model, tokenizer, prompts, cfg
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="eval", disable=not progress):
         chunk = prompts[start:start + cfg.batch_size]
         ids = encode_prompts([{"prompt": p} for p in chunk], tokenizer, max_prompt_length)
-        batch = {k: v.to(device) for k, v in collate_prompts(ids, tokenizer.pad_token_id).items()}
+        batch = collate_prompts(ids, tokenizer.pad_token_id, device)
         records += evaluate_batch(policies, reference, reward_model, tokenizer, chunk, batch, cfg, judge)
     return records
 
@@ -107,3 +107,40 @@ def gold_judge_for(prompts):
     from .tasks import gold_score, parse_prompt
 
     return gold_score if prompts and all(parse_prompt(p) is not None for p in prompts) else None
+
+
+# ----------------------------------------------------------------------------- what changed, answer by answer
+
+def pairs(records, mode="sampled", a="sft", b="rlhf"):
+    """[(record of `a`, record of `b`)] for every prompt and sample both policies answered."""
+    by = {(r["prompt"], r["sample"], r["policy"]): r for r in records if r["mode"] == mode}
+    return [(r, by[(p, s, b)]) for (p, s, policy), r in by.items() if policy == a and (p, s, b) in by]
+
+
+def flaw_table(records, mode="sampled"):
+    """Share of answers with each flaw the gold judge names (tasks.gold_flaws), per policy:
+    rows [flaw, SFT share, RLHF share], then the share with none. Built-in tasks only."""
+    from .tasks import FLAW_NAMES, gold_flaws
+
+    found = {policy: [gold_flaws(r["prompt"], r["response"], r["ended"]) for r in records
+                      if r["policy"] == policy and r["mode"] == mode] for policy in ("sft", "rlhf")}
+    share = lambda policy, test: sum(map(test, found[policy])) / max(len(found[policy]), 1)
+    rows = [[label] + [share(p, lambda flaws: name in flaws) for p in ("sft", "rlhf")]
+            for name, label in FLAW_NAMES.items()]
+    return rows + [["none (clean)"] + [share(p, lambda flaws: not flaws) for p in ("sft", "rlhf")]]
+
+
+def pick_examples(records, per_kind: int = 3, seed: int = 0, mode="sampled"):
+    """Answers of SFT and RLHF to the same prompt, drawn at random (seeded) from three kinds: RLHF's
+    gold score higher ('better'), lower ('worse'), the same ('same'). Returns ({kind: [(sft, rlhf)]},
+    {kind: how many pairs of that kind there are}), so a reader sees regressions too, and how common
+    each kind is."""
+    import random
+
+    kinds = {"better": [], "worse": [], "same": []}
+    for sft, rlhf in pairs(records, mode):
+        kind = "better" if rlhf["gold"] > sft["gold"] else "worse" if rlhf["gold"] < sft["gold"] else "same"
+        kinds[kind].append((sft, rlhf))
+    rng = random.Random(seed)
+    return ({kind: rng.sample(found, min(per_kind, len(found))) for kind, found in kinds.items()},
+            {kind: len(found) for kind, found in kinds.items()})

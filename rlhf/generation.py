@@ -62,10 +62,17 @@ def complete(model, tokenizer, prompts, max_prompt_length: int, max_new_tokens: 
     return texts, ended, sequences
 
 
-def chat(model, tokenizer, question: str, max_new_tokens: int = 48, do_sample: bool = False,
-         temperature: float = 1.0, max_prompt_length: int = 256) -> str:
-    """Ask `model` one question in the dataset's format and return its answer."""
-    prompt = question if question.startswith("Human:") else f"Human: {question.strip()} Assistant:"
-    texts, _, _ = complete(model, tokenizer, [prompt], max_prompt_length, max_new_tokens,
-                           do_sample, temperature)
-    return texts[0]
+def chat(model, tokenizer, question, max_new_tokens: int = 48, do_sample: bool = False,
+         temperature: float = 1.0) -> str:
+    """Ask `model` a question and return its answer. `question` is a string or chat messages
+    ([{"role": "user", "content": ...}, ...]), formatted by the tokenizer's chat template: the
+    training format (rlhf.data.CHAT_TEMPLATE), as `transformers.pipeline` formats messages too."""
+    messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        return_dict=True)["input_ids"]
+    device = next(model.parameters()).device
+    model.eval()
+    input_ids = torch.tensor([ids], device=device)                          # (1, P)
+    responses = generate(model, input_ids, torch.ones_like(input_ids), tokenizer, max_new_tokens,
+                         do_sample, temperature)                            # (1, R)
+    return decode_responses(responses.cpu(), tokenizer)[0][0]

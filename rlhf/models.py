@@ -111,13 +111,22 @@ def get_base(cfg: BaseConfig, texts, log=print):
         if ok:
             try:
                 model, tokenizer = load_hub_base(cfg)
-                return model, tokenizer, f"hub:{cfg.model_name}"
+                return model, with_chat_template(tokenizer), f"hub:{cfg.model_name}"
             except (OSError, ValueError) as err:  # network drop, gated repo, unknown id
                 reason = f"loading {cfg.model_name} failed: {err}"
         log(f"[base] cannot use {cfg.model_name}: {reason}. Building the offline fallback.")
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     model = build_fallback_model(tokenizer, cfg)
-    return model, tokenizer, "fallback:tiny-opt"
+    return model, with_chat_template(tokenizer), "fallback:tiny-opt"
+
+
+def with_chat_template(tokenizer):
+    """The tokenizer with the project's chat template (rlhf.data.CHAT_TEMPLATE), replacing any
+    template a hub model came with: the models here learn the data's "Human: … Assistant:" format."""
+    from .data import CHAT_TEMPLATE
+
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def count_parameters(model) -> int:
@@ -139,7 +148,7 @@ def load_tokenizer(path):
     path = Path(path)
     if not (path / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"no tokenizer in {path}; run 0_download.ipynb first")
-    return AutoTokenizer.from_pretrained(path)
+    return with_chat_template(AutoTokenizer.from_pretrained(path))  # older checkpoints lack it
 
 
 def resolve_preset(preset: str = "auto", base_dir="model/base", decide_anew: bool = False,
@@ -167,3 +176,29 @@ def lora_config(rank: int, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig
 
     return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type=task_type)
+
+
+def load_ppo_models(actor_dir, critic_dir, cfg, device=None):
+    """The four models of PPO, dropout off (ppo-details #7), on `device` when given:
+    (actor, reference, reward, critic).
+
+    actor and reference come from `actor_dir` (SFT), reward and critic from `critic_dir` (the
+    reward model). With cfg.lora_rank > 0 the actor trains LoRA adapters only and the reference is
+    None: the same network with its adapters switched off, no second copy in memory. With
+    cfg.critic_lora_rank > 0 the critic trains adapters and, in full, its value head ("score").
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from .rollout import disable_dropout
+
+    load = lambda auto, folder: disable_dropout(auto.from_pretrained(folder)).to(device or "cpu")
+    actor, critic = load(AutoModelForCausalLM, actor_dir), load(AutoModelForSequenceClassification, critic_dir)
+    reward_model = load(AutoModelForSequenceClassification, critic_dir).eval()
+    reference = None if cfg.lora_rank else load(AutoModelForCausalLM, actor_dir).eval()
+    if cfg.lora_rank or cfg.critic_lora_rank:
+        from peft import get_peft_model
+        if cfg.lora_rank:
+            actor = get_peft_model(actor, lora_config(cfg.lora_rank))
+        if cfg.critic_lora_rank:
+            critic = get_peft_model(critic, lora_config(cfg.critic_lora_rank, "SEQ_CLS"))
+    return actor, reference, reward_model, critic

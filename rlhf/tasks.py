@@ -311,6 +311,41 @@ def gold_score(prompt: str, response: str, ended: bool = True) -> float:
     return gold_breakdown(prompt, response, ended)["total"]
 
 
+FLAW_NAMES = {"rude": "rude", "ramble": "rambling", "repeat": "repeated", "cutoff": "cut off",
+              "evasive": "evasive", "wrong": "wrong", "no_eos": "no EOS"}
+
+
+def gold_flaws(prompt: str, response: str, ended: bool = True) -> list[str]:
+    """Which flaws the gold judge finds in a response, by the demonstrator's names (FLAWS) and
+    `no_eos`. A finer view of `gold_breakdown`, whose `focus` check covers three of them:
+
+      rude     the tone check fails
+      repeat   a sentence twice, a word three times in a row, or a 3-word run twice
+      ramble   longer than the answer + SLACK_WORDS, each distinct sentence counted once
+               (a repeat is not also a ramble; rude words do not make sentences distinct)
+      evasive  no sentence about the question (our prompts only)
+      wrong    about the question, complete, and the content check fails (our prompts only)
+      cutoff   stops mid-sentence (no final . ! ?)
+      no_eos   the model ran out of tokens instead of emitting EOS
+    """
+    parsed = parse_prompt(prompt)
+    checks = gold_breakdown(prompt, response, ended)
+    distinct = list(dict.fromkeys(tuple(words_of(RUDE_MARKERS.sub("", s))) for s in sentences_of(response)))
+    length = sum(len(words) for words in distinct)
+    answer_words = len(parsed[0].answer(parsed[1]).split()) if parsed else DEFAULT_WORDS
+    on_topic = bool(parsed) and any(parsed[0].keys(parsed[1])[0] & set(words) for words in distinct)
+    found = {
+        "rude": not checks["tone"],
+        "ramble": length > answer_words + SLACK_WORDS,
+        "repeat": repeats(response),
+        "cutoff": not checks["complete"],
+        "evasive": bool(parsed) and not on_topic,
+        "wrong": on_topic and checks["complete"] and not checks["content"],
+        "no_eos": not ended,
+    }
+    return [name for name in FLAW_NAMES if found[name]]
+
+
 # ----------------------------------------------------------------------------- demonstrator
 FLAWS = ("wrong", "evasive", "repeat", "ramble", "rude", "cutoff")
 DEMO_MIX = (  # (flaws, share) of the demonstrator's `response`: 64% flawed, 6% wrong content

@@ -133,6 +133,28 @@ def test_each_demonstrator_flaw_costs_at_least_0_2(labelled_train):
             assert score == 1.0, row
 
 
+def test_gold_flaws_recover_every_flaw_the_demonstrator_drew():
+    """The judge's per-flaw view names exactly the flaws each answer was made with: demonstrations,
+    rejected answers (their flaw labels) and chosen answers (none), train and eval as shipped."""
+    rows = tasks.build_rows("train", 4000, seed=0) + tasks.build_rows("eval", 400, seed=0)
+    for row in rows:
+        for text, drawn in ((row["response"], row["flaws"]), (row["rejected"], row["rejected_flaws"]),
+                            (row["chosen"], ())):
+            assert sorted(tasks.gold_flaws(row["prompt"], text)) == sorted(drawn), (row["prompt"], text)
+
+
+@pytest.mark.parametrize("response, ended, expected", [
+    ("A banana is yellow.", True, []),
+    ("A banana is", False, ["cutoff", "no_eos"]),
+    ("", True, ["cutoff", "evasive"]),
+    ("A banana is red.", True, ["wrong"]),
+    ("Ugh, obviously a banana is yellow. A banana is yellow.", True, ["rude", "repeat"]),
+    ("A banana is yellow. My cousin collects stamps from all over the world.", True, ["ramble"]),
+])
+def test_gold_flaws_by_hand(response, ended, expected):
+    assert tasks.gold_flaws(BANANA, response, ended) == expected
+
+
 def test_demonstrator_flaw_mix(labelled_train):
     n = len(labelled_train)
     flawed = sum(bool(r["flaws"]) for r in labelled_train) / n
