@@ -13,55 +13,214 @@
 #
 # With a GPU and internet, the base model is `facebook/opt-125m` from the Hugging Face hub.
 # Offline (or on a CPU), the notebook builds its own: a byte-level BPE tokenizer trained on the
-# dataset and a small OPT model from a config, so the whole pipeline runs in minutes.
+# dataset and a small OPT model from a config, so the whole pipeline runs in minutes. The outputs
+# you see were made by `make notebook-outputs` (the `tiny` preset on 2 CPU cores).
+#
+# > **0 · 数据、分词器与基础模型。** 五个笔记本依次跑完整个 RLHF 流程：0 准备基础模型，1 监督微调
+# > 得到 actor，2 训练奖励模型（critic），3 用 PPO 做 RLHF，4 对比 SFT 与 RLHF。有 GPU 且能访问
+# > Hugging Face 时使用 `facebook/opt-125m`；离线或只有 CPU 时，本笔记本在数据集上训练一个字节级
+# > BPE 分词器并构建一个小型 OPT 模型，几分钟即可跑完全流程。你看到的输出来自
+# > `make notebook-outputs`（`tiny` 预设，2 核 CPU）。
 
-# %% parameters
+# %% tags=["parameters"]
 PRESET = "auto"     # "auto", "tiny", "ci" or "opt-125m"
 DATA = "dataset"    # a folder holding train.json and eval.json
 MODEL = ""          # a hub id instead of the preset's base model, e.g. "facebook/opt-350m"
 PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
+# %% cellView="form"
+# @title Find the project, set up Colab, import util
+# The same cell in every notebook, written by tools/build_notebooks.py from rlhf/colab.py.
+import os, subprocess, sys
+from pathlib import Path
+
+
+def in_colab() -> bool:
+    """On Colab, or where COLAB_RELEASE_TAG is set (as in a test that plays Colab)."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def find_project_root(roots=(), depth: int = 3) -> Path | None:
+    """The project (a folder holding util.py and rlhf/) under any name: the working directory or
+    one of its parents, else the shallowest one at most `depth` levels below each of `roots` in
+    turn. None if there is none."""
+    def is_project(folder):
+        return (folder / "util.py").is_file() and (folder / "rlhf").is_dir()
+
+    def subfolders(folder):
+        try:
+            return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:  # missing or unreadable
+            return []
+
+    here = Path.cwd()
+    for folder in [here, *here.parents]:
+        if is_project(folder):
+            return folder
+    for root in dict.fromkeys(Path(root).resolve() for root in roots):  # each once, in order
+        level, levels_left = [root], depth
+        while level:
+            found = next((folder for folder in level if is_project(folder)), None)
+            if found:
+                return found.resolve()
+            level = [sub for folder in level for sub in subfolders(folder)] if levels_left else []
+            levels_left -= 1
+    return None
+
+
+def locate_project(search: str = "", repo_url: str = "", depth: int = 3, log=print) -> Path:
+    """Find the project below the folders in `search` (separated by ':'; by default the working
+    directory, /content and Drive's MyDrive). On Colab with nothing found, mount Drive and look
+    again; then clone `repo_url` into the first search folder; failing all that, stop and say
+    what to do."""
+    roots = search.split(os.pathsep) if search else [os.getcwd(), "/content", "/content/drive/MyDrive"]
+    found = find_project_root(roots, depth)
+    if found is None and in_colab():
+        try:
+            from google.colab import drive
+        except ImportError:
+            log("Colab, but google.colab cannot be imported (a stand-in?): Drive not mounted")
+        else:
+            drive.mount("/content/drive")
+            found = find_project_root(roots, depth)
+    if found is None and repo_url:
+        target = Path(roots[0]).resolve() / "simple-rlhf-tiny"
+        log(f"cloning {repo_url} into {target}")
+        subprocess.run(["git", "clone", "-q", repo_url, str(target)], check=True)
+        found = find_project_root([target], depth=0)
+    if found is None:
+        raise SystemExit(
+            f"Cannot find the project (a folder holding util.py and rlhf/) in {os.getcwd()}, its "
+            f"parents, or up to {depth} levels below {', '.join(roots)}.\n"
+            "Do one of these, then run this cell again:\n"
+            "  1. Clone it: in a new cell, run\n"
+            "       !git clone <URL of this repository> /content/simple-rlhf-tiny\n"
+            "     (or set REPO_URL in the parameters cell above, and this cell clones it).\n"
+            "  2. Or upload the project folder, under any name, to your Google Drive (My Drive);\n"
+            "     this cell mounts Drive and finds it.")
+    return found
+
+
+root = locate_project(PROJECT_SEARCH, REPO_URL)
+os.chdir(root); sys.path.insert(0, str(root))
+from rlhf.colab import setup_colab
+setup_colab(root)  # Colab only: install or upgrade what requirements.txt asks for (never torch)
+import util  # only now: it imports transformers
+print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
+
 # %% [markdown]
 # ## Which preset?
 # `auto` picks `opt-125m` when a GPU and the model hub are both reachable, otherwise `tiny`.
 # The choice is recorded in `model/base/metrics.json`; later notebooks with `PRESET = "auto"`
-# follow it.
+# follow it. Each config prints the fields this notebook talks about and those the preset
+# changed (marked \*); `util.config_table(cfg)` prints every field.
+#
+# > **选哪个预设？** `auto` 在 GPU 和模型仓库都可用时选 `opt-125m`，否则选 `tiny`。选择记录在
+# > `model/base/metrics.json` 中，之后的笔记本（`PRESET = "auto"`）沿用它。配置表只列出本笔记本
+# > 讲到的字段和预设改过的字段（标 \*）；`util.config_table(cfg)` 列出全部字段。
 
 # %%
 preset, reason = util.resolve_preset(PRESET, decide_anew=True)
 print(f"preset: {preset} ({reason})")
 base_cfg = util.make_config("base", preset, **({"model_name": MODEL, "use_hub": True} if MODEL else {}))
 data_cfg = util.make_config("data", preset, data_dir=DATA)
-print(util.config_table(base_cfg)); print(); print(util.config_table(data_cfg))
+print(util.config_table(base_cfg, show=("model_name",)))
+print(util.config_table(data_cfg, show=("split", "max_length")))
 
 # %% [markdown]
 # ## The data
 # One JSON object a line: `prompt` ("Human: … Assistant:"), `response` (a demonstration, what SFT
 # learns; the built-in demonstrator is deliberately imperfect), and a preference pair `chosen` /
 # `rejected` (what the reward model learns). See `dataset/README.md`.
+#
+# > **数据。** 每行一个 JSON 对象：`prompt`（"Human: … Assistant:"），`response`（示范回答，SFT
+# > 学它；内置的示范者故意不完美），以及偏好对 `chosen` / `rejected`（奖励模型学它）。详见
+# > `dataset/README.md`。
 
 # %%
 train_rows, eval_rows = util.load_dataset_dir(DATA)
 print(f"{len(train_rows)} training rows, {len(eval_rows)} eval rows")
 for row in train_rows[:3]:
-    for key in ("prompt", "response", "chosen", "rejected"):
-        print(f"  {key:>8}: {row[key]}")
+    for field in ("prompt", "response", "chosen", "rejected"):
+        print(f"  {field:>8}: {row[field]}")
     print()
+
+# %% [markdown]
+# ## The gold judge
+# The built-in questions come from a program that knows every answer, so a second program, the
+# **gold judge** (`rlhf/tasks.py`), can grade any answer in [0, 1]:
+#
+# $$\text{gold} = 0.4\cdot\text{content} + \max\big(0,\ 0.6 - 0.3\,[\text{rude}] - 0.3\,[\text{unfocused}] - 0.2\,[\text{cut off}] - 0.2\,[\text{no EOS}]\big)$$
+#
+# *content*: the right answer is there and no wrong one; *unfocused*: repeated, rambling or
+# evasive. The judge labelled the preference pairs (chosen beats rejected by more than 0.15) and
+# grades the policies in notebooks 1, 3 and 4, where `gold` is its score. It never trains
+# anything: the models learn only from demonstrations (SFT) and the reward model (PPO), as they
+# would from people. On your own data there is no gold judge, and these cells say so.
+#
+# > **金标准评判器（gold judge）。** 内置题目由程序生成，程序知道每道题的答案，所以另一个程序——
+# > gold judge（`rlhf/tasks.py`）——可以给任何回答打 0 到 1 分：内容正确占 0.4，行为分 0.6 再扣掉
+# > 粗鲁（0.3）、不切题（重复、啰嗦或回避，0.3）、话没说完（0.2）、没有输出 EOS（0.2）。它给偏好对
+# > 打了标签（chosen 比 rejected 高 0.15 以上），并在笔记本 1、3、4 中给策略打分（即 `gold`）。它
+# > 从不参与训练：模型只从示范（SFT）和奖励模型（PPO）学习，就像从人类反馈中学习一样。用你自己
+# > 的数据时没有 gold judge，这几个单元格会说明。
+
+# %%
+import pandas as pd
+from IPython.display import display
+judge = util.gold_judge_for([r["prompt"] for r in train_rows[:500]])
+if judge is None:
+    print("not the built-in tasks: no gold judge on this data")
+else:
+    checks = []
+    for row in train_rows[:4]:
+        for kind in ("response", "chosen", "rejected"):
+            parts = util.gold_breakdown(row["prompt"], row[kind])  # ended: the data always has EOS
+            checks.append({"prompt": row["prompt"], "kind": kind, "answer": row[kind],
+                           **{k: int(parts[k]) for k in ("content", "tone", "focus", "complete")},
+                           "gold": parts["total"], "flaws": ", ".join(util.gold_flaws(row["prompt"], row[kind]))})
+    display(pd.DataFrame(checks).set_index(["prompt", "kind"]))
+
+# %% [markdown]
+# The flaws the judge finds over all training rows: the demonstrations carry the flaws SFT will
+# copy, the chosen answers none, and each rejected answer one or two. The judge's findings agree
+# with the labels the demonstrator drew (a test checks all 11,000 answers of the built-in data).
+#
+# > 整个训练集里评判器找到的缺陷：示范回答带着 SFT 会学去的缺陷，chosen 没有缺陷，rejected 每条
+# > 有一两个。评判器的判断与示范者生成时抽到的缺陷标签完全一致（有测试检查内置数据的全部 11,000
+# > 条回答）。
 
 # %%
 import matplotlib.pyplot as plt
-fig, axes = plt.subplots(1, 2, figsize=(10, 3))
-for ax, key in zip(axes, ("prompt", "response")):
-    ax.hist([len(r[key].split()) for r in train_rows], bins=30)
-    ax.set_title(f"{key} length (words)")
-plt.tight_layout(); plt.show()
+if judge is not None:
+    kinds = ("response", "chosen", "rejected")
+    found = {kind: [util.gold_flaws(r["prompt"], r[kind]) for r in train_rows] for kind in kinds}
+    labels = list(util.FLAW_NAMES.values())[:-1]  # no EOS: the data always ends
+    fig, ax = plt.subplots(figsize=(8, 2.8))
+    for k, kind in enumerate(kinds):
+        shares = [sum(name in flaws for flaws in found[kind]) / len(train_rows) for name in util.FLAW_NAMES][:-1]
+        ax.bar([i + 0.27 * (k - 1) for i in range(len(labels))], shares, width=0.27,
+               label="demonstrations (response)" if kind == "response" else kind)
+    ax.set_xticks(range(len(labels)), labels); ax.set_ylabel("share of answers"); ax.legend()
+    ax.set_title("flaws the gold judge finds in the training rows"); plt.tight_layout(); plt.show()
+    for kind in kinds:
+        mean_gold = sum(util.gold_score(r["prompt"], r[kind]) for r in train_rows) / len(train_rows)
+        clean = sum(not flaws for flaws in found[kind]) / len(train_rows)
+        print(f"{kind:>8}: mean gold {mean_gold:.3f}, {clean:.0%} without a flaw")
 
 # %% [markdown]
 # ## Base model and tokenizer
 # Online, `get_base` downloads the configured hub model. Offline it decides within seconds (not
 # the ~50 s of hub retries) and builds the fallback. Either way the pad token is distinct from
-# EOS, so the models can learn when to stop.
+# EOS, so the models can learn when to stop, and the tokenizer carries a **chat template** that
+# renders a conversation in exactly the training format, so `tokenizer.apply_chat_template`,
+# `transformers.pipeline` with chat messages, and every notebook build the same token ids.
+#
+# > **基础模型与分词器。** 联网时 `get_base` 下载配置的模型；离线时几秒内做出判断（不用等约 50 秒
+# > 的重试）并构建后备模型。两种情况下 pad 都与 EOS 不同，模型才能学会何时停止；分词器还带有一个
+# > **chat template**，把对话渲染成与训练完全相同的格式，因此 `tokenizer.apply_chat_template`、
+# > 用消息列表调用的 `transformers.pipeline` 和所有笔记本得到的 token id 完全一样。
 
 # %%
 texts = [r["prompt"] + " " + r[k] for r in train_rows for k in ("response", "chosen", "rejected") if r[k]]
@@ -69,8 +228,10 @@ model, tokenizer, source = util.get_base(base_cfg, texts)
 print("source:", source)
 print(f"vocabulary {len(tokenizer)} | pad {tokenizer.pad_token!r}={tokenizer.pad_token_id} "
       f"bos {tokenizer.bos_token!r}={tokenizer.bos_token_id} eos {tokenizer.eos_token!r}={tokenizer.eos_token_id}")
-example = train_rows[0]["prompt"] + " " + train_rows[0]["chosen"]
-ids = tokenizer(example, add_special_tokens=False).input_ids
+messages = [{"role": "user", "content": "What colour is a banana?"}, {"role": "assistant", "content": "A banana is yellow."}]
+print("chat template, prompt:  ", repr(tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)))
+print("chat template, SFT text:", repr(tokenizer.apply_chat_template(messages, tokenize=False)))
+ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
 print(f"{len(ids)} tokens:", [tokenizer.decode([i]) for i in ids])
 print(f"model: {type(model).__name__}, {util.count_parameters(model) / 1e6:.2f}M parameters")
 

@@ -4,24 +4,112 @@
 # The actor is the base model taught to answer like the demonstrations: a causal-LM loss on the
 # response tokens only. The prompt is context, not something to imitate, so its labels are
 # masked (−100), and so are the pads. The built-in demonstrator is imperfect on purpose (rude,
-# rambling, repeated or cut-off answers), so SFT learns its flaws too: that is the headroom RLHF
-# closes in notebook 3.
+# rambling, repeated or cut-off answers, notebook 0), so SFT learns its flaws too: that is the
+# headroom RLHF closes in notebook 3.
 #
 # $$\mathcal{L}_{\text{SFT}} = -\frac{1}{|R|}\sum_{t \in R} \log \pi_\theta(y_t \mid x, y_{<t})$$
+#
+# > **1 · Actor：监督微调（SFT）。** actor 是学会像示范那样回答的基础模型：只在回答部分的 token 上
+# > 计算语言模型损失。提示词只是上下文，不需要模仿，所以它的标签被屏蔽（−100），pad 也一样。内置
+# > 示范者故意不完美（粗鲁、啰嗦、重复、话没说完，见笔记本 0），SFT 会把这些缺陷一起学去：这正是
+# > 笔记本 3 中 RLHF 要弥补的空间。
 
-# %% parameters
+# %% tags=["parameters"]
 PRESET = "auto"     # "auto" follows what 0_download chose
 DATA = "dataset"
 PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
+# %% cellView="form"
+# @title Find the project, set up Colab, import util
+# The same cell in every notebook, written by tools/build_notebooks.py from rlhf/colab.py.
+import os, subprocess, sys
+from pathlib import Path
+
+
+def in_colab() -> bool:
+    """On Colab, or where COLAB_RELEASE_TAG is set (as in a test that plays Colab)."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def find_project_root(roots=(), depth: int = 3) -> Path | None:
+    """The project (a folder holding util.py and rlhf/) under any name: the working directory or
+    one of its parents, else the shallowest one at most `depth` levels below each of `roots` in
+    turn. None if there is none."""
+    def is_project(folder):
+        return (folder / "util.py").is_file() and (folder / "rlhf").is_dir()
+
+    def subfolders(folder):
+        try:
+            return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:  # missing or unreadable
+            return []
+
+    here = Path.cwd()
+    for folder in [here, *here.parents]:
+        if is_project(folder):
+            return folder
+    for root in dict.fromkeys(Path(root).resolve() for root in roots):  # each once, in order
+        level, levels_left = [root], depth
+        while level:
+            found = next((folder for folder in level if is_project(folder)), None)
+            if found:
+                return found.resolve()
+            level = [sub for folder in level for sub in subfolders(folder)] if levels_left else []
+            levels_left -= 1
+    return None
+
+
+def locate_project(search: str = "", repo_url: str = "", depth: int = 3, log=print) -> Path:
+    """Find the project below the folders in `search` (separated by ':'; by default the working
+    directory, /content and Drive's MyDrive). On Colab with nothing found, mount Drive and look
+    again; then clone `repo_url` into the first search folder; failing all that, stop and say
+    what to do."""
+    roots = search.split(os.pathsep) if search else [os.getcwd(), "/content", "/content/drive/MyDrive"]
+    found = find_project_root(roots, depth)
+    if found is None and in_colab():
+        try:
+            from google.colab import drive
+        except ImportError:
+            log("Colab, but google.colab cannot be imported (a stand-in?): Drive not mounted")
+        else:
+            drive.mount("/content/drive")
+            found = find_project_root(roots, depth)
+    if found is None and repo_url:
+        target = Path(roots[0]).resolve() / "simple-rlhf-tiny"
+        log(f"cloning {repo_url} into {target}")
+        subprocess.run(["git", "clone", "-q", repo_url, str(target)], check=True)
+        found = find_project_root([target], depth=0)
+    if found is None:
+        raise SystemExit(
+            f"Cannot find the project (a folder holding util.py and rlhf/) in {os.getcwd()}, its "
+            f"parents, or up to {depth} levels below {', '.join(roots)}.\n"
+            "Do one of these, then run this cell again:\n"
+            "  1. Clone it: in a new cell, run\n"
+            "       !git clone <URL of this repository> /content/simple-rlhf-tiny\n"
+            "     (or set REPO_URL in the parameters cell above, and this cell clones it).\n"
+            "  2. Or upload the project folder, under any name, to your Google Drive (My Drive);\n"
+            "     this cell mounts Drive and finds it.")
+    return found
+
+
+root = locate_project(PROJECT_SEARCH, REPO_URL)
+os.chdir(root); sys.path.insert(0, str(root))
+from rlhf.colab import setup_colab
+setup_colab(root)  # Colab only: install or upgrade what requirements.txt asks for (never torch)
+import util  # only now: it imports transformers
+print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
+
 # %%
-preset, data_cfg, cfg = util.start("actor", PRESET, DATA)  # Colab set-up, configs printed, seeds
+preset, data_cfg, cfg = util.start("actor", PRESET, DATA, show=("lr", "batch_size", "epochs"))
 
 # %% [markdown]
 # ## Data: the actor's share of the training rows
 # The training rows are split once, deterministically, between the three stages (2:4:4 in the
 # original), so the reward model and PPO see prompts the actor never trained on.
+#
+# > **数据：actor 分到的训练行。** 训练数据按固定规则一次性分给三个阶段（原项目为 2:4:4），因此
+# > 奖励模型和 PPO 看到的提示词是 actor 训练时没见过的。
 
 # %%
 base_dir = util.require_checkpoint(util.stage_dir("base"), "base")
@@ -36,31 +124,41 @@ print({k: len(v) for k, v in parts.items()}, "rows per stage")
 print(util.format_summary(summary))
 
 # %% [markdown]
-# What the loss sees: one example, token by token. Positions labelled `-100` (the prompt) add
-# nothing to the loss; the response and its EOS are learned.
+# What the loss sees: one example, token by token. Positions labelled `-100` (the BOS and the
+# prompt) add nothing to the loss; the response and its EOS are learned. The sequence is exactly
+# what the tokenizer's chat template renders (notebook 0).
+#
+# > 损失函数看到的内容：逐个 token 展示一个样本。标签为 `-100` 的位置（BOS 和提示词）不计入损失；
+# > 回答及其 EOS 才是学习目标。这个序列与分词器的 chat template 渲染结果完全一致（见笔记本 0）。
 
 # %%
+import inspect
 from functools import partial
 collate = partial(util.collate_sft, pad_id=tokenizer.pad_token_id)
 batch = collate(train_examples[:2])
-for token, label in list(zip(batch["input_ids"][0].tolist(), batch["labels"][0].tolist()))[:40]:
-    print(f"{tokenizer.decode([token])!r:>14} {label}")
-import inspect; print(inspect.getsource(util.sft.sft_loss))
+ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+print(util.token_table([tokenizer.decode([t]) for t in ids], label=labels))
+print(inspect.getsource(util.sft.sft_loss))
 
 # %% [markdown]
 # ## Before training: samples from the base model
+# `gold` is the judge of notebook 0: 0.4 for the right content, up to 0.6 for behaviour.
+#
+# > **训练前：基础模型的回答。** `gold` 是笔记本 0 介绍的评判器：内容正确得 0.4，行为最多得 0.6。
 
 # %%
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(base_dir)
 util.check_tokenizer_matches(model, tokenizer, str(base_dir))
 prompts = [r["prompt"] for r in eval_rows[:cfg.sample_prompts]]
+judge = util.gold_judge_for(prompts)
 
 def show_samples(model, title):
     texts, ended, _ = util.complete(model, tokenizer, prompts, data_cfg.max_prompt_length, cfg.max_new_tokens)
     print(title)
     for p, t, e in zip(prompts, texts, ended):
-        print(f"  {p}\n    -> {t!r} (EOS: {e}, gold {util.gold_score(p, t, e):.2f})")
+        gold = f", gold {judge(p, t, e):.2f}" if judge else ""
+        print(f"  {p}\n    -> {t!r} (EOS: {e}{gold})")
 
 show_samples(model, "base model (greedy):")
 
@@ -71,30 +169,43 @@ show_samples(model, "base model (greedy):")
 # autocast where the GPU or CPU has bf16 (`mixed_precision="auto"`), eval loss and perplexity
 # after each epoch, periodic checkpoints. The loss it trains with, `sft_loss_fn`, is `sft_loss`
 # above with one saving: the LM head runs only on the positions that have a label.
+#
+# > **训练。** `util.fit` 是与奖励模型共用的训练循环：AdamW、线性预热与衰减、梯度裁剪、显式梯度累积
+# > （显存不足时把 micro-batch 减半）、硬件支持 bf16 时自动用 bf16（`mixed_precision="auto"`）、每个
+# > epoch 后计算验证损失和困惑度、定期保存可续训的检查点。它用的损失 `sft_loss_fn` 就是上面的
+# > `sft_loss`，只省了一步：LM head 只在有标签的位置上计算。
 
 # %%
 log = util.RunLog(util.stage_dir("logs"), "actor")
 evaluate = lambda m: util.sft.evaluate_sft(m, eval_examples, collate)
 model, history = util.fit(model, train_examples, collate, util.sft.sft_loss_fn, cfg,
                           log=log, evaluate=evaluate, resume_dir=util.resume_dir("actor"), tokenizer=tokenizer)
-print(f"trained {len(history['steps'])} steps in {history['train_seconds']:.0f} s")
+final = history["epochs"][-1]
+print(f"trained {len(history['steps'])} steps: eval loss {final['eval_loss']:.3f}, perplexity {final['perplexity']:.2f}")
 
 # %%
 import matplotlib.pyplot as plt
 steps = history["steps"]
-plt.figure(figsize=(6, 3))
+plt.figure(figsize=(6, 2.8))
 plt.plot([s["step"] for s in steps], [s["loss"] for s in steps], label="train loss")
 plt.plot([e["step"] for e in history["epochs"]], [e["eval_loss"] for e in history["epochs"]], "o-", label="eval loss")
-plt.xlabel("step"); plt.legend(); plt.title("SFT loss"); plt.show()
+plt.xlabel("step"); plt.legend(); plt.title("SFT loss"); plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# After SFT the actor answers in the data's format and its greedy answers are mostly right, but
+# it also copied the demonstrator's habits: its *sampled* answers are often rude, rambling,
+# repeated or cut off (notebook 4 counts each flaw).
+#
+# > SFT 之后，actor 能按数据的格式回答，贪心解码的回答大多正确，但它也学会了示范者的坏习惯：它**采样**
+# > 出的回答经常粗鲁、啰嗦、重复或话没说完（笔记本 4 会逐项统计）。
 
 # %%
 show_samples(model, "actor after SFT (greedy):")
 
 # %%
-final = history["epochs"][-1]
 metrics = {"preset": preset, "steps": len(steps), "train_seconds": history["train_seconds"],
            "train_loss": steps[-1]["loss"], "eval_loss": final["eval_loss"],
            "perplexity": final["perplexity"], "history": history["epochs"]}
 util.save_checkpoint(util.stage_dir("actor"), model, tokenizer, configs=[cfg, data_cfg], metrics=metrics)
 util.clear_resume("actor")  # the stage is complete: a rerun starts afresh
-print("saved model/actor:", {k: v for k, v in metrics.items() if k != "history"})
+print("saved model/actor")

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 2 · The reward model
+# # 2 · The reward model (the "critic" notebook)
 #
 # A reward model reads a prompt and a response and returns one number: how much a person would
 # like this answer. It is the base transformer with a scalar head
@@ -8,24 +8,140 @@
 #
 # $$\mathcal{L}_{\text{RM}} = -\log \sigma\big(r(x, y_{\text{chosen}}) - r(x, y_{\text{rejected}})\big)$$
 #
+# **Why "critic"?** The notebook keeps the original Simple_RLHF's name because the model it
+# trains plays two parts in notebook 3: frozen, it is the **reward model** that scores a whole
+# answer once, at its last token; copied and trained on, it is the **critic** (the value model)
+# that predicts, at every token, the reward still to come. Both read the same scalar head, one at
+# the last position and one at every position.
+#
 # Only the difference of the two scores is learned, so the scale and offset of the reward are
 # arbitrary; notebook 3 needs them fixed, so this notebook also measures the mean and spread of
 # the reward on the actor's own answers.
+#
+# > **2 · 奖励模型（“critic”笔记本）。** 奖励模型读入提示词和回答，输出一个数：人会有多喜欢这个
+# > 回答。它是带一个标量输出头的基础模型（`AutoModelForSequenceClassification`，`num_labels=1`），
+# > 用偏好对上的 Bradley–Terry 损失训练。**为什么叫 critic？** 沿用原项目 Simple_RLHF 的命名，
+# > 因为这里训练的模型在笔记本 3 里扮演两个角色：冻结时它是**奖励模型**，在回答的最后一个 token
+# > 上给整段回答打一次分；复制一份继续训练时它是 **critic**（价值模型），在每个 token 上预测之后
+# > 还能得到多少奖励。两者读的是同一个标量头，一个只读最后位置，一个读每个位置。损失只约束两个
+# > 分数之差，所以奖励的尺度和偏移是任意的；笔记本 3 需要固定它们，因此本笔记本还会在 actor 自己的
+# > 回答上测量奖励的均值和标准差。
 
-# %% parameters
+# %% tags=["parameters"]
 PRESET = "auto"
 DATA = "dataset"
 PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
+# %% cellView="form"
+# @title Find the project, set up Colab, import util
+# The same cell in every notebook, written by tools/build_notebooks.py from rlhf/colab.py.
+import os, subprocess, sys
+from pathlib import Path
+
+
+def in_colab() -> bool:
+    """On Colab, or where COLAB_RELEASE_TAG is set (as in a test that plays Colab)."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def find_project_root(roots=(), depth: int = 3) -> Path | None:
+    """The project (a folder holding util.py and rlhf/) under any name: the working directory or
+    one of its parents, else the shallowest one at most `depth` levels below each of `roots` in
+    turn. None if there is none."""
+    def is_project(folder):
+        return (folder / "util.py").is_file() and (folder / "rlhf").is_dir()
+
+    def subfolders(folder):
+        try:
+            return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:  # missing or unreadable
+            return []
+
+    here = Path.cwd()
+    for folder in [here, *here.parents]:
+        if is_project(folder):
+            return folder
+    for root in dict.fromkeys(Path(root).resolve() for root in roots):  # each once, in order
+        level, levels_left = [root], depth
+        while level:
+            found = next((folder for folder in level if is_project(folder)), None)
+            if found:
+                return found.resolve()
+            level = [sub for folder in level for sub in subfolders(folder)] if levels_left else []
+            levels_left -= 1
+    return None
+
+
+def locate_project(search: str = "", repo_url: str = "", depth: int = 3, log=print) -> Path:
+    """Find the project below the folders in `search` (separated by ':'; by default the working
+    directory, /content and Drive's MyDrive). On Colab with nothing found, mount Drive and look
+    again; then clone `repo_url` into the first search folder; failing all that, stop and say
+    what to do."""
+    roots = search.split(os.pathsep) if search else [os.getcwd(), "/content", "/content/drive/MyDrive"]
+    found = find_project_root(roots, depth)
+    if found is None and in_colab():
+        try:
+            from google.colab import drive
+        except ImportError:
+            log("Colab, but google.colab cannot be imported (a stand-in?): Drive not mounted")
+        else:
+            drive.mount("/content/drive")
+            found = find_project_root(roots, depth)
+    if found is None and repo_url:
+        target = Path(roots[0]).resolve() / "simple-rlhf-tiny"
+        log(f"cloning {repo_url} into {target}")
+        subprocess.run(["git", "clone", "-q", repo_url, str(target)], check=True)
+        found = find_project_root([target], depth=0)
+    if found is None:
+        raise SystemExit(
+            f"Cannot find the project (a folder holding util.py and rlhf/) in {os.getcwd()}, its "
+            f"parents, or up to {depth} levels below {', '.join(roots)}.\n"
+            "Do one of these, then run this cell again:\n"
+            "  1. Clone it: in a new cell, run\n"
+            "       !git clone <URL of this repository> /content/simple-rlhf-tiny\n"
+            "     (or set REPO_URL in the parameters cell above, and this cell clones it).\n"
+            "  2. Or upload the project folder, under any name, to your Google Drive (My Drive);\n"
+            "     this cell mounts Drive and finds it.")
+    return found
+
+
+root = locate_project(PROJECT_SEARCH, REPO_URL)
+os.chdir(root); sys.path.insert(0, str(root))
+from rlhf.colab import setup_colab
+setup_colab(root)  # Colab only: install or upgrade what requirements.txt asks for (never torch)
+import util  # only now: it imports transformers
+print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
+
 # %%
-preset, data_cfg, cfg = util.start("critic", PRESET, DATA)  # Colab set-up, configs printed, seeds
+preset, data_cfg, cfg = util.start("critic", PRESET, DATA, show=("lr", "batch_size", "epochs", "init_from"))
+
+# %% [markdown]
+# ## The pairwise loss
+# `pairwise_loss` (in `rlhf/reward.py`) on three toy pairs: a clear win, a tie, a loss. The tie
+# costs log 2 and counts as wrong, so a model that gives every answer the same score has
+# accuracy 0, not 0.5.
+#
+# > **成对损失。** 用三个玩具偏好对演示 `pairwise_loss`（在 `rlhf/reward.py` 中）：明显胜出、平局、
+# > 输掉。平局的损失是 log 2 并算作判错，所以给所有回答打同样分数的模型准确率是 0，而不是 0.5。
+
+# %%
+import inspect, torch
+print(inspect.getsource(util.reward.pairwise_loss))
+chosen_scores, rejected_scores = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-1.0, 0.5, 1.0])
+for c, r in zip(chosen_scores, rejected_scores):
+    print(f"r_chosen {c:+.1f}  r_rejected {r:+.1f}  ->  -log sigmoid(margin) = {-torch.nn.functional.logsigmoid(c - r):.3f}")
+loss, accuracy, margin = util.reward.pairwise_loss(chosen_scores, rejected_scores)
+print(f"loss (their mean) {loss:.3f} | accuracy {accuracy:.3f} | mean margin {margin:.3f}")
 
 # %% [markdown]
 # ## Pairs
 # Chosen and rejected answers go through the model in **one** forward pass: the batch holds the
 # B chosen sequences first and the B rejected ones after them, so both are scored by exactly the
 # same weights and padding.
+#
+# > **偏好对。** chosen 和 rejected 在**一次**前向计算中通过模型：一个 batch 先放 B 条 chosen，再放
+# > B 条 rejected，两者由完全相同的权重和 padding 打分。
 
 # %%
 init_dir = util.require_checkpoint(util.stage_dir(cfg.init_from), cfg.init_from)
@@ -50,9 +166,11 @@ for row in batch["input_ids"]:
 # ## The score is read at the last real token
 # The head runs on every position; the reward is the value at the last non-pad token (the EOS),
 # the only position that has seen the whole answer. Appending pads must not change it.
+#
+# > **分数读在最后一个真实 token 上。** 输出头在每个位置都有输出；奖励取最后一个非 pad token（即 EOS）
+# > 处的值，只有这个位置看到了完整的回答。在后面补 pad 不应改变它。
 
 # %%
-import inspect, torch
 from transformers import AutoModelForSequenceClassification
 model = AutoModelForSequenceClassification.from_pretrained(init_dir, num_labels=1)
 model.config.pad_token_id = tokenizer.pad_token_id
@@ -61,12 +179,15 @@ with torch.no_grad():  # a fresh head: N(0, 1/sqrt(d+1)) as in Ziegler et al.
     model.score.weight.normal_(0, 1 / (model.score.weight.shape[1] + 1) ** 0.5)
 print(inspect.getsource(util.reward.sequence_scores))
 model.eval()
-print("before training:", util.reward.evaluate_reward(model, eval_pairs, collate))
+print("before training:", {k: round(v, 3) for k, v in util.reward.evaluate_reward(model, eval_pairs, collate).items()})
 
 # %% [markdown]
 # ## Training
-# The same loop as the actor's (`util.fit`), with the pairwise loss. Accuracy on held-out pairs
-# counts ties as wrong, so a model that gives every answer the same score scores 0, not 0.5.
+# The same loop as the actor's (`util.fit`), with `reward_loss_fn`: the pairwise loss on one
+# forward pass over the chosen and rejected rows.
+#
+# > **训练。** 与 actor 相同的训练循环（`util.fit`），损失换成 `reward_loss_fn`：对 chosen 和 rejected
+# > 一次前向计算后求成对损失。
 
 # %%
 log = util.RunLog(util.stage_dir("logs"), "critic")
@@ -79,7 +200,7 @@ print(f"held-out accuracy {final['eval_accuracy']:.3f}, mean margin {final['eval
 # %%
 import matplotlib.pyplot as plt
 chosen, rejected = util.reward.score_pairs(model, eval_pairs, collate)
-fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+fig, axes = plt.subplots(1, 2, figsize=(9, 2.8))
 axes[0].plot([s["step"] for s in history["steps"]], [s["loss"] for s in history["steps"]])
 axes[0].set_title("pairwise loss"); axes[0].set_xlabel("step")
 axes[1].hist(chosen, bins=30, alpha=0.6, label="chosen"); axes[1].hist(rejected, bins=30, alpha=0.6, label="rejected")
@@ -92,6 +213,10 @@ plt.tight_layout(); plt.show()
 # matters: a raw score of a few units swamps the penalty and the policy learns to exploit the
 # reward model. We sample answers from the SFT actor on prompts of the PPO split and record their
 # reward's mean and standard deviation; notebook 3 normalises scores with them.
+#
+# > **给 PPO 用的奖励统计量。** PPO 把奖励和固定尺度的 KL 惩罚（每个 token β = 0.1）相加，所以奖励的
+# > 尺度很重要：几个单位的原始分数会压过惩罚，策略就会去钻奖励模型的空子。我们在 PPO 那份提示词上让
+# > SFT actor 采样回答，记录奖励的均值和标准差；笔记本 3 用它们把分数归一化。
 
 # %%
 from transformers import AutoModelForCausalLM
@@ -103,8 +228,9 @@ texts, ended, sequences = util.complete(actor, tokenizer, prompts, data_cfg.max_
 scores = torch.tensor(util.reward.score_texts(model, sequences, tokenizer.pad_token_id))
 stats = {"mean": float(scores.mean()), "std": float(scores.std()), "n": len(scores),
          "eos_rate": sum(ended) / len(ended), "source": "SFT actor samples on the rlhf split"}
-print("reward on SFT samples:", stats)
-del actor; util.free_gpu_cache()
+print("reward on SFT samples:", {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()})
+del actor
+_ = util.free_gpu_cache()
 
 # %%
 metrics = {"preset": preset, "steps": len(history["steps"]), "train_seconds": history["train_seconds"],
@@ -113,4 +239,4 @@ metrics = {"preset": preset, "steps": len(history["steps"]), "train_seconds": hi
 util.save_checkpoint(util.stage_dir("critic"), model, tokenizer, configs=[cfg, data_cfg],
                      metrics=metrics, files={"reward_stats.json": stats})
 util.clear_resume("critic")  # the stage is complete: a rerun starts afresh
-print("saved model/critic:", {k: v for k, v in metrics.items() if k != "history"})
+print("saved model/critic")

@@ -13,27 +13,127 @@
 #
 # One PPO iteration: **sample** answers → **score** them (reward model, KL penalty against the
 # reference, values) → compute **advantages** (GAE) → a few **epochs** of clipped updates.
-# Every piece is a small function in `rlhf/ppo.py`; this notebook runs each one on a toy tensor
-# before the full loop.
+# This notebook goes there in four steps: (1) each function of `rlhf/ppo.py` on a toy tensor,
+# (2) one iteration by hand on the real models, with a table of every number for one answer,
+# (3) the training loop in a dozen lines built from the same functions, (4) the full run with
+# the library's runner (resumable, multi-process), which gives the loop's numbers exactly.
+#
+# > **3 · 用 PPO 做 RLHF。** actor 现在向奖励模型学习，而不是向示范学习。共有四个模型（沿用
+# > DeepSpeed-Chat 的叫法）：**actor**（策略 π，训练）、**reference**（冻结的 SFT 策略 π_ref，actor
+# > 不能离它太远）、**reward**（冻结，在最后一个 token 上给整段回答打分）、**critic**（价值模型，训练，
+# > 在每个 token 上预测之后的回报）。一次 PPO 迭代：**采样**回答 → **打分**（奖励模型、相对 reference
+# > 的 KL 惩罚、价值）→ 计算**优势**（GAE）→ 若干 **epoch** 的裁剪更新。本笔记本分四步：(1) 在玩具
+# > 张量上逐个运行 `rlhf/ppo.py` 的函数；(2) 在真实模型上手算一次迭代，并列出一条回答的每个数；
+# > (3) 用同样的函数写成十几行的训练循环；(4) 用库里的训练器（可续训、可多进程）完整训练，它的
+# > 数字与循环完全一致。
 
-# %% parameters
+# %% tags=["parameters"]
 PRESET = "auto"
 DATA = "dataset"
 PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
+# %% cellView="form"
+# @title Find the project, set up Colab, import util
+# The same cell in every notebook, written by tools/build_notebooks.py from rlhf/colab.py.
+import os, subprocess, sys
+from pathlib import Path
+
+
+def in_colab() -> bool:
+    """On Colab, or where COLAB_RELEASE_TAG is set (as in a test that plays Colab)."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def find_project_root(roots=(), depth: int = 3) -> Path | None:
+    """The project (a folder holding util.py and rlhf/) under any name: the working directory or
+    one of its parents, else the shallowest one at most `depth` levels below each of `roots` in
+    turn. None if there is none."""
+    def is_project(folder):
+        return (folder / "util.py").is_file() and (folder / "rlhf").is_dir()
+
+    def subfolders(folder):
+        try:
+            return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:  # missing or unreadable
+            return []
+
+    here = Path.cwd()
+    for folder in [here, *here.parents]:
+        if is_project(folder):
+            return folder
+    for root in dict.fromkeys(Path(root).resolve() for root in roots):  # each once, in order
+        level, levels_left = [root], depth
+        while level:
+            found = next((folder for folder in level if is_project(folder)), None)
+            if found:
+                return found.resolve()
+            level = [sub for folder in level for sub in subfolders(folder)] if levels_left else []
+            levels_left -= 1
+    return None
+
+
+def locate_project(search: str = "", repo_url: str = "", depth: int = 3, log=print) -> Path:
+    """Find the project below the folders in `search` (separated by ':'; by default the working
+    directory, /content and Drive's MyDrive). On Colab with nothing found, mount Drive and look
+    again; then clone `repo_url` into the first search folder; failing all that, stop and say
+    what to do."""
+    roots = search.split(os.pathsep) if search else [os.getcwd(), "/content", "/content/drive/MyDrive"]
+    found = find_project_root(roots, depth)
+    if found is None and in_colab():
+        try:
+            from google.colab import drive
+        except ImportError:
+            log("Colab, but google.colab cannot be imported (a stand-in?): Drive not mounted")
+        else:
+            drive.mount("/content/drive")
+            found = find_project_root(roots, depth)
+    if found is None and repo_url:
+        target = Path(roots[0]).resolve() / "simple-rlhf-tiny"
+        log(f"cloning {repo_url} into {target}")
+        subprocess.run(["git", "clone", "-q", repo_url, str(target)], check=True)
+        found = find_project_root([target], depth=0)
+    if found is None:
+        raise SystemExit(
+            f"Cannot find the project (a folder holding util.py and rlhf/) in {os.getcwd()}, its "
+            f"parents, or up to {depth} levels below {', '.join(roots)}.\n"
+            "Do one of these, then run this cell again:\n"
+            "  1. Clone it: in a new cell, run\n"
+            "       !git clone <URL of this repository> /content/simple-rlhf-tiny\n"
+            "     (or set REPO_URL in the parameters cell above, and this cell clones it).\n"
+            "  2. Or upload the project folder, under any name, to your Google Drive (My Drive);\n"
+            "     this cell mounts Drive and finds it.")
+    return found
+
+
+root = locate_project(PROJECT_SEARCH, REPO_URL)
+os.chdir(root); sys.path.insert(0, str(root))
+from rlhf.colab import setup_colab
+setup_colab(root)  # Colab only: install or upgrade what requirements.txt asks for (never torch)
+import util  # only now: it imports transformers
+print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
+
 # %%
 import inspect, torch
+import pandas as pd
+from IPython.display import display
 from util import ppo
 
-preset, data_cfg, cfg = util.start("ppo", PRESET, DATA)  # Colab set-up, configs printed, seeds
+preset, data_cfg, cfg = util.start("ppo", PRESET, DATA, show=(
+    "kl_coef", "gamma", "lam", "clip_ratio", "clip_value", "ppo_epochs", "temperature", "score_clip"))
 
 # %% [markdown]
-# ## 1 · Rollout: sample, then cut at the first EOS
+# ## Part 1 · The math on toy tensors
+# ### 1 · Rollout: sample, then cut at the first EOS
 # Prompts are **left**-padded so every answer starts at the same column. Sampling is pure
 # (`top_k=0`, `top_p=1`) at temperature T, and T divides the logits again whenever a log-prob is
 # computed, so the probabilities PPO reasons about are the ones that produced the tokens.
 # Everything after the first EOS becomes padding and is masked out of every sum.
+#
+# > **第一部分 · 玩具张量上的数学。1 · 采样，然后在第一个 EOS 处截断。** 提示词**左**填充，所有回答
+# > 从同一列开始。采样不做截断（`top_k=0`、`top_p=1`），温度为 T；之后每次计算 log 概率时 logits 也
+# > 除以 T，所以 PPO 用到的概率正是生成这些 token 的概率。第一个 EOS 之后的内容都变成 pad，不计入
+# > 任何求和。
 
 # %%
 responses = torch.tensor([[5, 6, 2, 7, 8],    # two tokens, then EOS (id 2), then junk
@@ -42,95 +142,307 @@ mask, truncated, has_eos = ppo.response_mask(responses, eos_token_id=2, pad_toke
 print("mask\n", mask, "\ntruncated\n", truncated, "\nhas_eos", has_eos)
 
 # %% [markdown]
-# ## 2 · Rewards: a KL penalty on every token, the score on the last one
+# ### 2 · Rewards: a KL penalty on every token, the score on the last one
 # $$r_t = -\beta\,\big(\log\pi(y_t) - \log\pi_{\text{ref}}(y_t)\big) + \mathbb{1}[t = \text{last}]\cdot s$$
 # The score $s$ is the reward model's, normalised with the statistics notebook 2 measured on SFT
 # answers (mean 0, std 1), minus a penalty if the answer never emitted EOS, clipped to ±5.
 # β = 0.1 keeps the policy near the reference: without it the actor drifts to whatever text
 # fools the reward model.
+#
+# > **2 · 奖励：每个 token 上有 KL 惩罚，最后一个 token 上加分数。** 分数 $s$ 来自奖励模型，用笔记本 2
+# > 在 SFT 回答上测得的统计量归一化（均值 0、标准差 1），没有输出 EOS 的回答再扣一个惩罚，最后裁剪到
+# > ±5。β = 0.1 让策略不远离 reference；没有它，actor 会漂向任何能骗过奖励模型的文本。
 
 # %%
 logprobs = torch.tensor([[-1.0, -2.0, -0.5, 0.0, 0.0], [-1.0, -1.0, -1.0, -1.0, -1.0]])
 ref_logprobs = torch.tensor([[-1.2, -1.5, -0.5, 0.0, 0.0], [-1.0, -1.0, -1.0, -1.0, -1.0]])
 scores = torch.tensor([1.0, -0.5])
-rewards, non_score = ppo.compute_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=0.1)
+rewards, non_score = ppo.compute_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=cfg.kl_coef)
 print("rewards\n", rewards)
 print("KL k1 per answer", ppo.kl_per_token(logprobs, ref_logprobs, mask).sum(1),
       "| k3 (never negative)", ppo.kl_per_token(logprobs, ref_logprobs, mask, "k3").sum(1))
 
 # %% [markdown]
-# ## 3 · Advantages: GAE over the valid tokens
+# ### 3 · Advantages: GAE over the valid tokens
 # $$\delta_t = r_t + \gamma V_{t+1} - V_t, \qquad A_t = \sum_{k \ge t} (\gamma\lambda)^{k-t}\,\delta_k$$
 # with γ = 1, λ = 0.95 and $V = 0$ after the last valid token. Returns $A + V$ are the critic's
-# targets; the advantages are then whitened (mean 0, std 1) over valid tokens only. The fast
-# version is one matrix product; the test suite checks it against the obvious loop below.
+# targets. The critic also outputs values after the EOS (the 9.0s below): they are ignored, and
+# replacing them by anything leaves every advantage unchanged. Then the advantages are whitened
+# (mean 0, std 1) over the valid tokens only, as the training loop does. The fast version is one
+# matrix product; the loop below is its reference (the tests compare them).
+#
+# > **3 · 优势：在有效 token 上做 GAE。** γ = 1，λ = 0.95，最后一个有效 token 之后 $V = 0$。回报
+# > $A + V$ 是 critic 的学习目标。critic 在 EOS 之后也有输出（下面的 9.0）：它们被忽略，换成任何值
+# > 优势都不变。随后只在有效 token 上把优势白化（均值 0、标准差 1），与训练循环一致。快速版本是一次
+# > 矩阵乘法；下面的循环是它的参照（测试会比较两者）。
 
 # %%
-values = torch.tensor([[0.1, 0.2, 0.3, 9.0, 9.0], [0.0, 0.1, 0.0, 0.1, 0.0]])
-advantages, returns = ppo.gae(values, rewards, mask, gamma=1.0, lam=0.95)
-naive, _ = ppo.gae_naive(values, rewards, mask, gamma=1.0, lam=0.95)
+values = torch.tensor([[0.1, 0.2, 0.3, 9.0, 9.0], [0.0, 0.1, 0.0, 0.1, 0.0]])  # 9.0: after the EOS
+advantages, returns = ppo.gae(values, rewards, mask, gamma=cfg.gamma, lam=cfg.lam)
+naive, _ = ppo.gae_naive(values, rewards, mask, gamma=cfg.gamma, lam=cfg.lam)
 print("advantages\n", advantages, "\nsame as the loop:", torch.allclose(advantages, naive))
-print("whitened\n", ppo.masked_whiten(advantages, mask))
+anything = values.masked_fill(mask == 0, -123.0)
+print("values after the EOS ignored:", torch.equal(ppo.gae(anything, rewards, mask, cfg.gamma, cfg.lam)[0], advantages))
+whitened = ppo.masked_whiten(advantages, mask)
+print("whitened\n", whitened, "\nmean and std over valid tokens:",
+      round(float(ppo.masked_mean(whitened, mask)), 6), round(float(ppo.masked_var(whitened, mask).sqrt()), 6))
 print(inspect.getsource(ppo.gae_naive))
 
 # %% [markdown]
-# ## 4 · The clipped losses
+# ### 4 · The clipped policy loss
 # $$L^{\text{policy}} = \mathbb{E}_t\big[\max(-A_t\rho_t,\; -A_t\,\text{clip}(\rho_t, 1-\epsilon, 1+\epsilon))\big],\quad \rho_t = \frac{\pi(y_t)}{\pi_{\text{old}}(y_t)}$$
-# Before the first update π = π_old, so every ratio is exactly 1 and nothing is clipped. The
-# value loss is clipped the same way around the rollout's values.
+# with the whitened advantages. Before the first update π = π_old, so every ratio is exactly 1
+# and nothing is clipped. Once a token's ratio leaves [1 − ε, 1 + ε] in the direction its
+# advantage favours, the clipped term wins and that token stops pushing.
+#
+# > **4 · 裁剪的策略损失。** 使用白化后的优势。第一次更新前 π = π_old，所有比率都正好是 1，没有任何
+# > 裁剪。一旦某个 token 的比率朝着优势鼓励的方向离开 [1 − ε, 1 + ε]，裁剪项胜出，这个 token 就不再
+# > 推动更新。
 
 # %%
 new_logprobs = logprobs + torch.tensor([[0.5, -0.1, 0.0, 0.0, 0.0], [0.0, 0.3, 0.0, -0.4, 0.1]])
-loss, stats = ppo.policy_loss(new_logprobs, logprobs, advantages, mask, clip_ratio=0.2)
+loss, stats = ppo.policy_loss(new_logprobs, logprobs, whitened, mask, clip_ratio=cfg.clip_ratio)
+print("ratio\n", (new_logprobs - logprobs).exp() * mask)
 print("policy loss", round(float(loss), 4), {k: round(float(v), 4) for k, v in stats.items()})
-print("at the start:", {k: float(v) for k, v in ppo.policy_loss(logprobs, logprobs, advantages, mask, 0.2)[1].items()})
+print("at the start:", {k: float(v) for k, v in ppo.policy_loss(logprobs, logprobs, whitened, mask, cfg.clip_ratio)[1].items()})
 
 # %% [markdown]
-# ## The four models
-# Dropout is switched off in all of them, so the log-probs of the rollout and of the first
-# training pass agree exactly. With `lora_rank > 0` only LoRA adapters train, and the reference
-# is the same network with its adapters switched off (no second copy in memory). With
-# `critic_lora_rank > 0` the critic trains adapters and its value head only, which saves its
-# gradients and AdamW state (3x its weights) in memory.
+# ### 5 · The clipped value loss
+# $$L^{V} = \tfrac12\,\mathbb{E}_t\big[\max\big((V_t - R_t)^2,\ (V^{\text{old}}_t + \text{clip}(V_t - V^{\text{old}}_t, -c, c) - R_t)^2\big)\big]$$
+# The critic regresses its values on the returns, but a value may not move more than c = 0.2
+# from the rollout's in one iteration: where a bigger move would lower the error, the clipped
+# error counts instead (`vf_clipfrac`). At the start (V = V_old) it is half the squared error.
+#
+# > **5 · 裁剪的价值损失。** critic 把价值回归到回报上，但一次迭代中价值离 rollout 时的值不能超过
+# > c = 0.2：如果更大的移动能降低误差，就改用裁剪后的误差（`vf_clipfrac` 统计其比例）。开始时
+# > （V = V_old）它就是平方误差的一半。
 
 # %%
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-from rlhf.rollout import disable_dropout
+new_values = values + torch.tensor([[0.5, 0.1, -0.05, 3.0, 3.0], [0.0, 0.3, 0.0, -0.1, 0.0]])
+loss, vstats = ppo.value_loss(new_values, values, returns, mask, clip_value=cfg.clip_value)
+print("returns\n", returns)
+print("value loss", round(float(loss), 4), {k: round(float(v), 4) for k, v in vstats.items()})
+start_loss, _ = ppo.value_loss(values, values, returns, mask, cfg.clip_value)
+print("at the start:", round(float(start_loss), 4), "= 0.5 * mean squared error",
+      round(float(0.5 * ppo.masked_mean((values - returns) ** 2, mask)), 4))
+
+# %% [markdown]
+# ## Part 2 · One iteration by hand, on the real models
+# The same steps on the trained checkpoints: a handful of prompts from the PPO split, every tensor
+# made by a library function you can read (`util.rollout`, `util.ppo`). Dropout is off in all
+# four models, so the log-probs of the rollout and of the first training pass agree exactly. The
+# accelerator sets the device and mixed precision; every pass of the rollout runs under the same
+# autocast as the update.
+#
+# > **第二部分 · 在真实模型上手算一次迭代。** 在训练好的检查点上重复同样的步骤：从 PPO 那份数据取几个
+# > 提示词，每个张量都由一个可以阅读的库函数算出（`util.rollout`、`util.ppo`）。四个模型都关闭了
+# > dropout，所以 rollout 时和第一次训练前向时的 log 概率完全一致。accelerator 负责设备和混合精度；
+# > rollout 的每次前向都与更新使用同样的 autocast。
+
+# %%
 actor_dir = util.require_checkpoint(util.stage_dir("actor"), "actor")
 critic_dir = util.require_checkpoint(util.stage_dir("critic"), "critic")
 tokenizer = util.load_tokenizer(actor_dir)
-actor = disable_dropout(AutoModelForCausalLM.from_pretrained(actor_dir))
-reward_model = disable_dropout(AutoModelForSequenceClassification.from_pretrained(critic_dir)).eval()
-critic = disable_dropout(AutoModelForSequenceClassification.from_pretrained(critic_dir))
 reward_stats = util.read_json(f"{critic_dir}/reward_stats.json")
+accelerator = util.make_accelerator(cfg.mixed_precision)
+actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg, accelerator.device)
 for name, model in (("actor", actor), ("critic", critic)):
     util.check_tokenizer_matches(model, tokenizer, f"model/{name}")
-if cfg.lora_rank:
-    from peft import get_peft_model
-    actor = get_peft_model(actor, util.lora_config(cfg.lora_rank))
-    reference = None
-else:
-    reference = disable_dropout(AutoModelForCausalLM.from_pretrained(actor_dir)).eval()
-if cfg.critic_lora_rank:  # adapters on the critic too; peft keeps its value head ("score") fully trainable
-    from peft import get_peft_model
-    critic = get_peft_model(critic, util.lora_config(cfg.critic_lora_rank, "SEQ_CLS"))
-print("reward statistics of SFT answers:", reward_stats)
-
-train_rows, eval_rows = util.load_dataset_dir(DATA)
-parts = util.split_rows(train_rows, data_cfg.split, data_cfg.seed)
-prompt_texts = [r["prompt"] for r in parts["rlhf"]]
-prompt_ids = util.encode_prompts(parts["rlhf"], tokenizer, data_cfg.max_prompt_length)
+train_rows, _ = util.load_dataset_dir(DATA)
+rows = util.split_rows(train_rows, data_cfg.split, data_cfg.seed)["rlhf"]
+prompt_texts = [r["prompt"] for r in rows]
+prompt_ids = util.encode_prompts(rows, tokenizer, data_cfg.max_prompt_length)
 judge = util.gold_judge_for(prompt_texts)
-print(f"{len(prompt_ids)} PPO prompts; gold judge: {'yes' if judge else 'no (not the built-in tasks)'}")
+print(f"{len(prompt_ids)} PPO prompts; reward statistics of SFT answers: mean {reward_stats['mean']:.3f}, "
+      f"std {reward_stats['std']:.3f}; gold judge: {'yes' if judge else 'no (not the built-in tasks)'}")
 
 # %% [markdown]
-# ## Training
+# **a · Prompts, left-padded.** Four prompts of different lengths. Pads come first; position ids
+# count from the first real token, so padding changes nothing a model computes for the real ones.
+#
+# > **a · 左填充的提示词。** 四个长度不同的提示词。pad 在前；位置编号从第一个真实 token 开始计数，所以
+# > 填充不会改变模型对真实 token 的任何计算。
+
+# %%
+batch = util.collate_prompts(prompt_ids[:4], tokenizer.pad_token_id, accelerator.device)
+queries, query_mask = batch["input_ids"], batch["attention_mask"]                  # (B, P)
+positions = util.position_ids_from_mask(query_mask)                                # (B, P)
+for row in range(2):
+    print(util.token_table([tokenizer.decode([t]) for t in queries[row].tolist()], width=12,
+                           mask=query_mask[row].tolist(), position=positions[row].tolist()), "\n")
+print("queries:", tuple(queries.shape), "(B, P)")
+
+# %% [markdown]
+# **b · Sample, c · cut at the first EOS.** `generate` returns the raw continuation (pads after
+# an EOS, or the last tokens of an answer that never stopped); `response_mask` cuts each one after
+# its first EOS. Prompt and response are joined into `query_responses`, the input of every pass.
+#
+# > **b · 采样；c · 在第一个 EOS 处截断。** `generate` 返回原始续写（EOS 之后是 pad，没有停下的回答
+# > 一直写到长度上限）；`response_mask` 在第一个 EOS 之后截断。提示词和回答拼成 `query_responses`，
+# > 作为之后每次前向计算的输入。
+
+# %%
+torch.manual_seed(cfg.seed)
+with accelerator.autocast():
+    sampled = util.generate(actor, queries, query_mask, tokenizer, cfg.max_new_tokens,
+                            do_sample=True, temperature=cfg.temperature)           # (B, R)
+mask, responses, has_eos = ppo.response_mask(sampled, tokenizer.eos_token_id, tokenizer.pad_token_id)
+query_responses = torch.cat([queries, responses], 1)                               # (B, T)
+attention_mask = torch.cat([query_mask, mask.long()], 1)                           # (B, T)
+P = queries.shape[1]
+texts, ended = util.decode_responses(responses.cpu(), tokenizer)
+for prompt, text, length, eos in zip(prompt_texts[:4], texts, mask.sum(1).tolist(), has_eos.tolist()):
+    print(f"{prompt}\n   -> {text!r} ({int(length)} tokens, EOS: {eos})")
+print("responses:", tuple(responses.shape), "(B, R) | query_responses:", tuple(query_responses.shape), "(B, T)")
+
+# %% [markdown]
+# **d · Three passes, e · the score.** The actor and the reference give the log-probability of
+# every sampled token (position t − 1 predicts token t, at temperature T); the critic gives a
+# value at every position; the reward model scores each answer at its last token, then the score
+# is normalised, penalised without EOS, and clipped (`util.rollout.score`). Before the first
+# update the actor *is* the reference, so the KL is exactly 0.
+#
+# > **d · 三次前向；e · 打分。** actor 和 reference 给出每个采样 token 的 log 概率（位置 t − 1 预测
+# > token t，温度为 T）；critic 在每个位置给出价值；奖励模型在每条回答的最后一个 token 上打分，然后
+# > 归一化、对没有 EOS 的回答扣分并裁剪（`util.rollout.score`）。第一次更新之前 actor 就是 reference，
+# > 所以 KL 正好是 0。
+
+# %%
+with torch.no_grad(), accelerator.autocast():
+    logits = util.rollout.response_logits(actor, query_responses, attention_mask, P)   # (B, R, V)
+    logprobs = ppo.logprobs_from_logits(logits, responses, cfg.temperature)             # (B, R)
+    entropy = ppo.entropy_from_logits(logits, cfg.temperature)                          # (B, R)
+    ref_logprobs = util.rollout.reference_logprobs(actor, reference, query_responses, attention_mask,
+                                                   P, cfg.temperature)                  # (B, R)
+    values = util.rollout.response_values(critic, query_responses, attention_mask, P)   # (B, R)
+    raw_scores, scores = util.rollout.score(reward_model, query_responses, attention_mask, has_eos,
+                                            cfg, reward_stats)                          # (B,), (B,)
+print("logits", tuple(logits.shape), "| logprobs, ref_logprobs, values", tuple(logprobs.shape))
+print("KL per answer:", ppo.kl_per_token(logprobs, ref_logprobs, mask).sum(1).tolist())
+for prompt, text, eos, raw, s in zip(prompt_texts, texts, has_eos.tolist(), raw_scores.tolist(), scores.tolist()):
+    gold = f" | gold {judge(prompt, text, eos):.2f}" if judge else ""
+    print(f"raw score {raw:6.2f} -> normalised {s:5.2f}{gold} | {text!r}")
+
+# %% [markdown]
+# **f · Rewards, advantages, whitening, and one answer token by token.** Every number PPO learns
+# from, for the first answer: the two log-probs and the KL term they give (0 so far), the reward
+# (the score lands on the last token), the critic's value, the GAE advantage, the same whitened
+# over the batch's valid tokens, and the return the critic will regress on. The last two rows are
+# past the EOS: the critic still output values there, and nothing uses them. The critic starts as
+# a copy of the reward model, whose raw scores sit on another scale than the normalised score
+# (see e above), so its first values are far off and the first value losses are large; they fall
+# within a few iterations (part 3).
+#
+# > **f · 奖励、优势、白化，以及一条回答的逐 token 数值。** 第一条回答上 PPO 学习用到的每个数：两个
+# > log 概率及其给出的 KL 项（目前为 0）、奖励（分数落在最后一个 token 上）、critic 的价值、GAE 优势、
+# > 在整批有效 token 上白化后的优势，以及 critic 要回归的回报。最后两行在 EOS 之后：critic 在那里仍有
+# > 输出，但没有任何地方用到它们。critic 最初是奖励模型的副本，而奖励模型的原始分数与归一化后的分数不在
+# > 同一尺度上（见上面 e），所以它一开始的价值偏差很大，最初几次的价值损失也很大；几次迭代后就会降下来
+# > （第三部分）。
+
+# %%
+rewards, non_score_rewards = ppo.compute_rewards(scores, logprobs, ref_logprobs, mask, cfg.kl_coef)
+advantages, returns = ppo.gae(values, rewards, mask, cfg.gamma, cfg.lam)                  # (B, R)
+whitened = ppo.masked_whiten(advantages, mask)                                            # (B, R)
+
+def token_frame(row, **extra):
+    """The per-token numbers of answer `row`, its valid tokens and two past the EOS."""
+    n = min(int(mask[row].sum()) + 2, responses.shape[1])
+    columns = {"token": [tokenizer.decode([t]) for t in sampled[row, :n].tolist()], "mask": mask[row, :n],
+               "log π": logprobs[row, :n], "log π_ref": ref_logprobs[row, :n],
+               "−β·KL": non_score_rewards[row, :n], "reward": rewards[row, :n], "value": values[row, :n],
+               "advantage": advantages[row, :n], "whitened": whitened[row, :n], "return": returns[row, :n],
+               **{k: v[row, :n] for k, v in extra.items()}}
+    return pd.DataFrame({k: v if k == "token" else v.double().cpu().numpy() for k, v in columns.items()}).round(3)
+
+display(token_frame(0))
+
+# %% [markdown]
+# **g · One PPO update.** The rollout goes into a `Rollout` (what `util.make_rollout` returns in
+# the loop), and `util.ppo_update` runs `ppo_epochs` passes of clipped updates on it: actor and
+# critic in one AdamW with two parameter groups, each clipped to norm 1. Each minibatch's losses
+# come from `ppo_losses`, printed below. On the first minibatch the ratio is exactly 1; the mean
+# ratio and the clip fraction over all the epochs say how far the update moved the policy. The
+# table then gets the ratio of each token after the update, and the KL, no longer 0.
+#
+# > **g · 一次 PPO 更新。** 把 rollout 装进一个 `Rollout`（循环里 `util.make_rollout` 返回的就是它），
+# > `util.ppo_update` 在上面做 `ppo_epochs` 轮裁剪更新：actor 和 critic 在同一个 AdamW 里，分成两个参数组，
+# > 各自把梯度范数裁剪到 1。每个 minibatch 的损失由下面打印的 `ppo_losses` 计算。第一个 minibatch 上比率
+# > 正好是 1；所有 epoch 的平均比率和裁剪比例说明更新让策略移动了多远。表格随后加上更新后每个 token 的
+# > 比率，KL 也不再是 0。
+
+# %%
+experience = util.rollout.Rollout(
+    query_responses=query_responses, attention_mask=attention_mask, responses=responses, mask=mask,
+    has_eos=has_eos, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, entropy=entropy,
+    raw_scores=raw_scores, scores=scores, rewards=rewards, non_score_rewards=non_score_rewards,
+    advantages=whitened, returns=returns)
+print(inspect.getsource(util.ppo_losses))
+optimizer, schedule = util.make_optimizer(actor, critic, cfg)
+actor, critic, optimizer = accelerator.prepare(actor, critic, optimizer)
+update, skipped, _ = util.ppo_update(actor, critic, experience, cfg, optimizer, accelerator,
+                                     torch.Generator().manual_seed(cfg.seed))
+print(f"{cfg.ppo_epochs} epochs on {len(responses)} answers, {skipped} steps skipped:")
+print({k: round(update[k], 4) for k in ("ratio_mean", "clipfrac", "approx_kl", "policy_loss", "value_loss", "vf_clipfrac")})
+with torch.no_grad(), accelerator.autocast():
+    after = ppo.logprobs_from_logits(util.rollout.response_logits(actor, query_responses, attention_mask, P),
+                                     responses, cfg.temperature)
+print("KL per answer now:", [round(k, 4) for k in ppo.kl_per_token(after, ref_logprobs, mask).sum(1).tolist()])
+display(token_frame(0, **{"ratio after": (after - logprobs).exp() * mask}))
+
+# %% [markdown]
+# ## Part 3 · The training loop
+# The whole of PPO is these steps in a loop: draw a batch of prompts, make a rollout (sample,
+# the four models' passes, rewards, GAE, whitening: `make_rollout` is part 2's cells a–f in one
+# function), update, anneal the learning rates. The models start again from the checkpoints.
+# `loop_iterations` is kept small here: part 4 runs all of them.
+#
+# > **第三部分 · 训练循环。** 整个 PPO 就是把这些步骤放进循环：取一批提示词，做一次 rollout（采样、
+# > 四个模型的前向、奖励、GAE、白化：`make_rollout` 就是第二部分 a–f 合成的一个函数），更新，然后
+# > 衰减学习率。模型重新从检查点加载。这里 `loop_iterations` 取得很小：第四部分会跑完全部迭代。
+
+# %%
+actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg, accelerator.device)
+loop_iterations = 3
+
+# %% tags=["ppo-loop"]
+accelerator = util.make_accelerator(cfg.mixed_precision)
+optimizer, schedule = util.make_optimizer(actor, critic, cfg)
+actor, critic, optimizer = accelerator.prepare(actor, critic, optimizer)
+kl_coef, loop_history = cfg.kl_coef, []
+torch.manual_seed(cfg.seed)
+for it in range(loop_iterations):
+    ids = util.prompt_batch(prompt_ids, cfg.rollout_batch, cfg.seed, it)
+    batch = util.collate_prompts(ids, tokenizer.pad_token_id, accelerator.device)
+    with accelerator.autocast():  # the rollout in the update's precision: the first ratio is exactly 1
+        rollout, _ = util.make_rollout((actor, reference, reward_model, critic), tokenizer, batch["input_ids"],
+                                       batch["attention_mask"], cfg, reward_stats, kl_coef, util.Timer())
+    update, skipped, _ = util.ppo_update(actor, critic, rollout, cfg, optimizer, accelerator,
+                                         torch.Generator().manual_seed(cfg.seed * 1000 + it))
+    schedule.step()  # the learning rates fall linearly to 0 over cfg.iterations
+    loop_history.append({"iteration": it + 1, **util.rollout_stats(rollout, kl_coef), **update})
+    if cfg.adaptive_kl:
+        kl_coef = ppo.update_kl_coef(kl_coef, loop_history[-1]["kl"], cfg.target_kl, len(ids), cfg.kl_horizon)
+
+# %%
+KEYS = ["score", "kl", "response_length", "ratio_mean", "clipfrac", "policy_loss", "value_loss"]
+display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4))
+
+# %% [markdown]
+# ## Part 4 · The full run
+# `util.train_ppo` is that loop with what a long run needs: it resumes from a periodic checkpoint
+# after a crash, runs in several processes (`accelerate launch`, each process sampling its own
+# prompts, gradients averaged), halves its batches on out-of-memory, stops after too many
+# non-finite updates, logs the gold score and samples. From the same checkpoints and seed its
+# first iterations are the loop's, number for number (compared below, and in
+# `tests/test_notebook_loop.py`).
+#
 # What each logged number means, and what a healthy run looks like:
 #
 # | number | meaning | healthy |
 # |---|---|---|
 # | `score` | reward model's raw score of the answers | rises |
-# | `gold` | the built-in judge's grade (never used for training) | rises with `score`; if `score` rises and `gold` does not, the policy is fooling the reward model |
+# | `gold` | the gold judge's grade (notebook 0; never used for training) | rises with `score`; if `score` rises and `gold` does not, the policy is fooling the reward model |
 # | `rlhf_reward` | normalised score − β·KL, what PPO maximises | rises |
 # | `kl`, `kl_k3` | KL(π‖π_ref) summed over an answer, two estimators | starts at 0, grows slowly; a few nats. k1 may dip below 0 on a batch, k3 never |
 # | `entropy` | mean per-token entropy of the policy that sampled the rollout | falls slowly; a collapse to ~0 means the policy stopped exploring |
@@ -139,13 +451,27 @@ print(f"{len(prompt_ids)} PPO prompts; gold judge: {'yes' if judge else 'no (not
 # | `clipfrac` | share of tokens whose ratio left [1−ε, 1+ε] | 0 – 0.2; higher means steps too large |
 # | `approx_kl` | KL between π_old and π after the update | ≪ 0.1 |
 # | `policy_loss`, `value_loss` | the two losses | value loss falls as the critic learns |
-# | `time_generate`, `time_score`, `time_train` | seconds per phase | generation and training dominate |
+#
+# > **第四部分 · 完整训练。** `util.train_ppo` 就是上面的循环，再加上长时间训练需要的东西：崩溃后从
+# > 定期检查点续训、多进程运行（`accelerate launch`，每个进程采样自己的提示词，梯度取平均）、显存不足时
+# > 把 batch 减半、连续出现非有限值的更新时停止、记录 gold 分数和样例。从同样的检查点和随机种子出发，
+# > 它前几次迭代的数字与循环完全相同（下面会比较，`tests/test_notebook_loop.py` 也会检查）。上表解释
+# > 了每个记录的数字：`score` 奖励模型分数，应上升；`gold` 评判器分数（不参与训练），应随 `score`
+# > 上升，若 `score` 涨而 `gold` 不涨，说明策略在糊弄奖励模型；`rlhf_reward` 归一化分数减 β·KL，是
+# > PPO 最大化的目标；`kl`、`kl_k3` 每条回答的 KL，从 0 缓慢增长；`entropy` 熵，缓慢下降，跌到约 0
+# > 表示策略不再探索；`response_length`、`eos_rate` 回答长度与以 EOS 结束的比例；`ratio_mean` 更新
+# > 中 π/π_old 的均值，约为 1；`clipfrac` 被裁剪的 token 比例，0 – 0.2；`approx_kl` 更新前后策略的
+# > KL，远小于 0.1；`policy_loss`、`value_loss` 两个损失，价值损失应随 critic 学习而下降。
 
 # %%
+actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg)
 log = util.RunLog(util.stage_dir("logs"), "rlhf")
 actor, critic, history, samples = util.train_ppo((actor, reference, reward_model, critic), tokenizer,
                                                  prompt_ids, cfg, reward_stats, log=log, judge=judge,
                                                  prompt_texts=prompt_texts, resume_dir=util.resume_dir("rlhf"))
+same = pd.DataFrame(history[:loop_iterations]).set_index("iteration")[KEYS]
+print("first iterations, runner minus notebook loop (all 0: the same numbers):")
+display((same - pd.DataFrame(loop_history).set_index("iteration")[KEYS]).abs().round(6))
 first, last = history[0], history[-1]
 for key in ("score", "gold", "kl", "response_length", "eos_rate", "clipfrac", "ratio_mean"):
     if key in last:
@@ -154,7 +480,7 @@ for key in ("score", "gold", "kl", "response_length", "eos_rate", "clipfrac", "r
 # %%
 import matplotlib.pyplot as plt
 keys = [k for k in ("score", "gold", "kl", "response_length", "clipfrac", "entropy") if k in last]
-fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.6))
+fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.4))
 its = [h["iteration"] for h in history]
 for ax, key in zip(axes, keys):
     ax.plot(its, [h[key] for h in history]); ax.set_title(key); ax.set_xlabel("iteration")

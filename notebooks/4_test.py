@@ -1,22 +1,110 @@
 # %% [markdown]
 # # 4 · What did RLHF change?
 #
-# The SFT actor and the RLHF policy answer the same held-out prompts, greedily and by sampling.
-# Three judges compare them: the **reward model** (what PPO optimised), the **gold judge** (a
-# program that knows the right answers, never used in training; built-in data only), and the
-# **KL** from the SFT model (how far RLHF moved). If the reward model's score rose but the gold
-# score did not, the policy learned to please the reward model rather than to answer better.
+# The SFT actor and the RLHF policy answer the same held-out prompts, by sampling (what PPO
+# trained) and greedily. Three judges compare them: the **reward model** (what PPO optimised),
+# the **gold judge** (notebook 0: a program that knows the right answers, never used in
+# training; built-in data only), and the **KL** from the SFT model (how far RLHF moved). If the
+# reward model's score rose but the gold score did not, the policy learned to please the reward
+# model rather than to answer better.
+#
+# > **4 · RLHF 改变了什么？** SFT actor 和 RLHF 策略回答同一批留出的提示词，分别用采样（PPO 训练的就是
+# > 采样分布）和贪心解码。三个评判标准：**奖励模型**分数（PPO 优化的目标）、**gold judge**（笔记本 0：
+# > 知道正确答案的程序，从不参与训练，仅限内置数据）、相对 SFT 模型的 **KL**（RLHF 移动了多远）。如果
+# > 奖励模型分数涨了而 gold 分数没涨，说明策略学会的是讨好奖励模型，而不是答得更好。
 
-# %% parameters
+# %% tags=["parameters"]
 PRESET = "auto"
 DATA = "dataset"
 PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
-# %%
-preset, data_cfg, cfg = util.start("eval", PRESET, DATA)  # Colab set-up, configs printed, seeds
+# %% cellView="form"
+# @title Find the project, set up Colab, import util
+# The same cell in every notebook, written by tools/build_notebooks.py from rlhf/colab.py.
+import os, subprocess, sys
+from pathlib import Path
+
+
+def in_colab() -> bool:
+    """On Colab, or where COLAB_RELEASE_TAG is set (as in a test that plays Colab)."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def find_project_root(roots=(), depth: int = 3) -> Path | None:
+    """The project (a folder holding util.py and rlhf/) under any name: the working directory or
+    one of its parents, else the shallowest one at most `depth` levels below each of `roots` in
+    turn. None if there is none."""
+    def is_project(folder):
+        return (folder / "util.py").is_file() and (folder / "rlhf").is_dir()
+
+    def subfolders(folder):
+        try:
+            return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:  # missing or unreadable
+            return []
+
+    here = Path.cwd()
+    for folder in [here, *here.parents]:
+        if is_project(folder):
+            return folder
+    for root in dict.fromkeys(Path(root).resolve() for root in roots):  # each once, in order
+        level, levels_left = [root], depth
+        while level:
+            found = next((folder for folder in level if is_project(folder)), None)
+            if found:
+                return found.resolve()
+            level = [sub for folder in level for sub in subfolders(folder)] if levels_left else []
+            levels_left -= 1
+    return None
+
+
+def locate_project(search: str = "", repo_url: str = "", depth: int = 3, log=print) -> Path:
+    """Find the project below the folders in `search` (separated by ':'; by default the working
+    directory, /content and Drive's MyDrive). On Colab with nothing found, mount Drive and look
+    again; then clone `repo_url` into the first search folder; failing all that, stop and say
+    what to do."""
+    roots = search.split(os.pathsep) if search else [os.getcwd(), "/content", "/content/drive/MyDrive"]
+    found = find_project_root(roots, depth)
+    if found is None and in_colab():
+        try:
+            from google.colab import drive
+        except ImportError:
+            log("Colab, but google.colab cannot be imported (a stand-in?): Drive not mounted")
+        else:
+            drive.mount("/content/drive")
+            found = find_project_root(roots, depth)
+    if found is None and repo_url:
+        target = Path(roots[0]).resolve() / "simple-rlhf-tiny"
+        log(f"cloning {repo_url} into {target}")
+        subprocess.run(["git", "clone", "-q", repo_url, str(target)], check=True)
+        found = find_project_root([target], depth=0)
+    if found is None:
+        raise SystemExit(
+            f"Cannot find the project (a folder holding util.py and rlhf/) in {os.getcwd()}, its "
+            f"parents, or up to {depth} levels below {', '.join(roots)}.\n"
+            "Do one of these, then run this cell again:\n"
+            "  1. Clone it: in a new cell, run\n"
+            "       !git clone <URL of this repository> /content/simple-rlhf-tiny\n"
+            "     (or set REPO_URL in the parameters cell above, and this cell clones it).\n"
+            "  2. Or upload the project folder, under any name, to your Google Drive (My Drive);\n"
+            "     this cell mounts Drive and finds it.")
+    return found
+
+
+root = locate_project(PROJECT_SEARCH, REPO_URL)
+os.chdir(root); sys.path.insert(0, str(root))
+from rlhf.colab import setup_colab
+setup_colab(root)  # Colab only: install or upgrade what requirements.txt asks for (never torch)
+import util  # only now: it imports transformers
+print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
 
 # %%
+preset, data_cfg, cfg = util.start("eval", PRESET, DATA, show=("samples_per_prompt", "temperature"))
+
+# %%
+import pandas as pd
+from IPython.display import display
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 sft_dir = util.require_checkpoint(util.stage_dir("actor"), "actor")
 rlhf_dir = util.require_checkpoint(util.stage_dir("rlhf"), "rlhf")
@@ -35,16 +123,73 @@ print(f"{len(prompts)} eval prompts, {cfg.samples_per_prompt} samples each + 1 g
 records = util.evaluate_policies(policies, policies["sft"], reward_model, tokenizer, prompts, cfg,
                                  data_cfg.max_prompt_length, judge=judge)
 figures, table = util.summarize(records, has_gold=judge is not None)
-width = max(len(r[0]) for r in table)
-for row in table:
-    print(f"{row[0]:<{width}}  {row[1]:>8}  {row[2]:>8}")
+display(pd.DataFrame(table[1:], columns=["", "SFT", "RLHF"]).set_index(""))
 
 # %% [markdown]
-# ## Side by side
+# ## Sampled answers, side by side
+# PPO trains the distribution the policy samples from, so that is where the change shows. Below,
+# the two policies' sampled answers to the same prompts, drawn at random from three kinds: pairs
+# where RLHF's gold score is higher, lower, and the same, with how many pairs of each kind there
+# are. Each answer carries its gold score, the reward model's score and the flaws the gold judge
+# found.
+#
+# > **采样回答并排对比。** PPO 训练的是策略采样的分布，所以变化体现在采样回答上。下面是两个策略对同一
+# > 提示词的采样回答，从三类中随机抽取：RLHF 的 gold 分数更高、更低、相同，并给出每类共有多少对。每条
+# > 回答都标出 gold 分数、奖励模型分数和 gold judge 找到的缺陷。
+
+# %%
+def describe(record):
+    flaws = ", ".join(util.gold_flaws(record["prompt"], record["response"], record["ended"])) or "clean"
+    return f"gold {record['gold']:.2f} | rm {record['rm_score']:6.2f} | {flaws:<18} | {record['response']!r}"
+
+if judge is not None:
+    examples, counts = util.pick_examples(records, per_kind=3, seed=cfg.seed)
+    total = sum(counts.values())
+    for kind, label in (("better", "RLHF better"), ("worse", "RLHF worse"), ("same", "the same gold score")):
+        print(f"== {label}: {counts[kind]} of {total} pairs ({counts[kind] / total:.0%})")
+        for sft, rlhf in examples[kind]:
+            print(f"{sft['prompt']}\n   SFT  {describe(sft)}\n   RLHF {describe(rlhf)}")
+        print()
+
+# %% [markdown]
+# ## Flaw by flaw
+# The share of sampled answers with each flaw, before (SFT) and after (RLHF). SFT copied the
+# demonstrator's habits; the reward model learned from the preference pairs that people (here,
+# the judge that labelled them) dislike them, and PPO removed what the reward model could see.
+# The behavioural flaws (rude, rambling, repeated, cut off) mostly go. Wrong facts do not: the
+# reward model barely tells a right fact from a wrong one (in the examples above a wrong answer can
+# score as high as a right one), so PPO had nothing to push against there, and a policy that stops
+# rambling and evading answers more questions, some of them wrongly. RLHF can only be as good as
+# its reward model.
+#
+# > **逐项缺陷。** 采样回答中带有各类缺陷的比例，RLHF 之前（SFT）和之后。SFT 学会了示范者的坏习惯；
+# > 奖励模型从偏好对中学到人（这里是给偏好对打标签的评判器）不喜欢这些习惯，PPO 去掉了奖励模型能识别
+# > 的那些。行为上的缺陷（粗鲁、啰嗦、重复、话没说完）大多消失了，事实错误却没有减少：奖励模型几乎分不清
+# > 事实的对错（上面的例子里，错误的回答可以和正确的回答得分一样高），PPO 在这方面无从学起；而一个不再
+# > 啰嗦、不再回避的策略会回答更多问题，其中一些答错了。RLHF 的上限就是它的奖励模型。
+
+# %%
+import matplotlib.pyplot as plt
+if judge is not None:
+    flaws = pd.DataFrame(util.flaw_table(records), columns=["flaw", "SFT", "RLHF"]).set_index("flaw")
+    display((100 * flaws).round(1).rename(columns=lambda name: f"{name} (% of answers)"))
+    flaws.iloc[:-1].plot.barh(figsize=(6, 2.8), title="share of sampled answers with each flaw")
+    plt.gca().invert_yaxis(); plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# ## Greedy answers, a second view
+# Greedy decoding takes the most likely token every time. RLHF changes that far less than it
+# changes the sampled answers: the most likely answer was usually already right, and PPO mostly
+# reshapes the rest of the distribution (compare the greedy rows of the table above).
+#
+# > **贪心解码：另一个视角。** 贪心解码每一步都取概率最大的 token。RLHF 对它的改变远小于对采样回答的
+# > 改变：概率最大的回答通常本来就是对的，PPO 主要重塑的是分布的其余部分（对比上面表格中 greedy 的几行）。
 
 # %%
 greedy = {(r["prompt"], r["policy"]): r for r in records if r["mode"] == "greedy"}
-for prompt in prompts[:8]:
+changed = [p for p in prompts if greedy[(p, "sft")]["response"] != greedy[(p, "rlhf")]["response"]]
+print(f"greedy answers that differ: {len(changed)} of {len(prompts)} prompts; the first of them:")
+for prompt in changed[:6]:
     print(prompt)
     for name in ("sft", "rlhf"):
         r = greedy[(prompt, name)]
@@ -55,12 +200,14 @@ for prompt in prompts[:8]:
 # ## Did the policy learn the task, or only the reward model?
 # Along PPO training, the reward model's score and the gold score of the sampled answers. When
 # both rise together, the reward model was a good proxy; a score rising alone is reward hacking.
+#
+# > **策略学会的是任务，还是只学会了讨好奖励模型？** PPO 训练过程中采样回答的奖励模型分数和 gold 分数。
+# > 两者一起上升，说明奖励模型是个好的替代目标；只有奖励分数上升就是 reward hacking（奖励作弊）。
 
 # %%
-import matplotlib.pyplot as plt
 history = util.read_json(f"{rlhf_dir}/metrics.json")["history"]
 its = [h["iteration"] for h in history]
-fig, ax = plt.subplots(figsize=(6, 3))
+fig, ax = plt.subplots(figsize=(6, 2.8))
 ax.plot(its, [h["score"] for h in history], color="tab:blue"); ax.set_ylabel("reward-model score", color="tab:blue")
 if "gold" in history[0]:
     ax2 = ax.twinx(); ax2.plot(its, [h["gold"] for h in history], color="tab:orange")
@@ -68,21 +215,32 @@ if "gold" in history[0]:
 ax.set_xlabel("PPO iteration"); plt.tight_layout(); plt.show()
 
 # %% [markdown]
-# ## Try it
-# `chat` asks one question in the dataset's format. The RLHF model also loads as a plain
-# Hugging Face model, so `transformers.pipeline` works on it.
+# ## Try it: one prompt format everywhere
+# `util.chat` asks a question through the tokenizer's chat template, which renders exactly the
+# training format. The RLHF model is a plain Hugging Face checkpoint, so `transformers.pipeline`
+# works on it too, and given chat messages it uses the same template: the same greedy answer
+# (`tests/test_chat_template.py` checks this on every eval prompt). Change the questions and run
+# the cell again.
+#
+# > **试一试：处处同一种提示词格式。** `util.chat` 通过分词器的 chat template 提问，它渲染出的正是训练
+# > 格式。RLHF 模型是普通的 Hugging Face 检查点，`transformers.pipeline` 也能直接用；传入消息列表时它用
+# > 同一个模板，贪心解码给出相同的回答（`tests/test_chat_template.py` 在全部评测提示词上检查这一点）。
+# > 改一改问题，再运行这个单元格。
 
 # %%
-for question in ["What colour is a banana?", "What is 2 plus 3?"]:
-    for name, model in policies.items():
-        print(f"{name:>4} | {question} -> {util.chat(model, tokenizer, question)!r}")
 from transformers import pipeline
-generator = pipeline("text-generation", model=str(rlhf_dir), tokenizer=str(rlhf_dir))
-print(generator("Human: What colour is a banana? Assistant:", max_new_tokens=16, do_sample=False)[0]["generated_text"])
+generator = pipeline("text-generation", model=str(rlhf_dir))
+for question in ["What colour is a banana?", "What is 2 plus 3?", "What is the capital of Peru?"]:
+    messages = [{"role": "user", "content": question}]
+    print(question, "| rendered as", repr(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)))
+    for name, model in policies.items():
+        print(f"  util.chat, {name:>4}: {util.chat(model, tokenizer, question)!r}")
+    reply = generator(messages, max_new_tokens=48, do_sample=False)[0]["generated_text"][-1]["content"]
+    print(f"  pipeline,  rlhf: {reply.strip()!r}")
 
 # %%
 summary = {"preset": preset, "prompts": len(prompts), "samples_per_prompt": cfg.samples_per_prompt,
-           "figures": figures, "table": table}
+           "figures": figures, "table": table, "flaws": util.flaw_table(records) if judge else []}
 util.save_checkpoint(util.stage_dir("eval"), configs=[cfg, data_cfg], metrics=summary,
                      files={"summary.json": summary, "records.json": records})
 print("saved model/eval/summary.json")

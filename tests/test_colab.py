@@ -125,15 +125,17 @@ def test_setup_colab_installs_once_and_asks_for_a_restart(tmp_path, monkeypatch)
 
 
 def test_every_notebook_carries_the_same_first_cell():
+    """Right after the parameters cell, in every notebook and in its paired source."""
+    import jupytext
     sys.path.insert(0, str(ROOT / "tools"))
     from build_notebooks import first_cell
 
     expected = first_cell()["source"]
-    for path in sorted(ROOT.glob("[0-4]_*.ipynb")):
-        cells = json.loads(path.read_text())["cells"]
+    for path in sorted(ROOT.glob("[0-4]_*.ipynb")) + sorted((ROOT / "notebooks").glob("[0-4]_*.py")):
+        cells = jupytext.read(path).cells
         tagged = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
-        assert 'PROJECT_SEARCH = ""' in "".join(cells[tagged]["source"])
-        assert 'REPO_URL = ""' in "".join(cells[tagged]["source"])
+        assert 'PROJECT_SEARCH = ""' in cells[tagged]["source"]
+        assert 'REPO_URL = ""' in cells[tagged]["source"]
         assert cells[tagged + 1]["source"] == expected, path.name
 
 

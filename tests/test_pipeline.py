@@ -1,7 +1,6 @@
 """The real entry point at toy size: all five notebooks, headless, on the `ci` preset, in a
 scratch copy of the project (the user's model/ folder is never touched)."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -58,21 +57,23 @@ def test_ppo_policy_scores_above_sft_on_eval_prompts(ci_run):
     assert 0 <= figures["sampled/win_rate_gold"] <= 1
 
 
-def test_rlhf_model_generates_through_pipeline(ci_run):
+def test_pipeline_with_chat_messages_answers_as_util_chat_on_the_eval_prompts(ci_run):
+    """One prompt format everywhere: every checkpoint's tokenizer carries the chat template, and
+    transformers.pipeline given chat messages answers every eval prompt as util.chat does."""
+    from rlhf.data import CHAT_TEMPLATE, load_dataset_dir
+    from rlhf.generation import chat
+
     project, _ = ci_run
-    generator = pipeline("text-generation", model=str(project / "model" / "rlhf"))
-    out = generator("Human: What colour is a banana? Assistant:", max_new_tokens=5, do_sample=False)
-    assert out[0]["generated_text"].startswith("Human: What colour is a banana? Assistant:")
-
-
-def test_committed_notebooks_match_sources_and_carry_no_outputs():
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "build_notebooks.py"), "--check"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout
-    for name in NOTEBOOKS:
-        notebook = json.loads((ROOT / f"{name}.ipynb").read_text())
-        assert all(not c.get("outputs") for c in notebook["cells"])
-        assert any("parameters" in c["metadata"].get("tags", []) for c in notebook["cells"])
+    for stage in ("base", "actor", "critic", "rlhf"):
+        assert AutoTokenizer.from_pretrained(project / "model" / stage).chat_template == CHAT_TEMPLATE
+    folder = str(project / "model" / "rlhf")
+    generator = pipeline("text-generation", model=folder)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    _, evals = load_dataset_dir(ROOT / "dataset")
+    questions = list(dict.fromkeys(r["prompt"][len("Human: "):-len(" Assistant:")] for r in evals))
+    for question in questions:
+        out = generator([{"role": "user", "content": question}], max_new_tokens=16, do_sample=False)
+        assert out[0]["generated_text"][-1]["content"].strip() == chat(model, tokenizer, question, 16), question
 
 
 def test_another_base_model_reaches_stage_0_as_a_script(tmp_path):

@@ -1,21 +1,42 @@
-"""Build the top-level notebooks from their sources in notebooks/*.py (percent format).
+"""The notebooks 0_download.ipynb … 4_test.ipynb and their sources notebooks/*.py, paired by jupytext.
 
-    python tools/build_notebooks.py          # write 0_download.ipynb ... 4_test.ipynb
-    python tools/build_notebooks.py --check  # exit 1 if a committed notebook is out of date
+    python tools/build_notebooks.py                 # sources -> notebooks (make notebooks)
+    python tools/build_notebooks.py --check         # exit 1 where a notebook and its source differ
+    python tools/build_notebooks.py --outputs runs  # keep the outputs of the notebooks executed in
+                                                    # runs/ (make notebook-outputs)
 
-A source is plain Python: `# %%` starts a code cell, `# %% [markdown]` a markdown cell whose
-lines start with "# ", and `# %% parameters` the papermill parameters cell. Right after the
-parameters cell, every notebook gets the same first code cell, FIRST_CELL below: it finds the
-project, sets up Colab and imports util. Committed notebooks carry no outputs.
+A source is a percent-format script (`# %%` code cells, `# %% [markdown]` cells, the papermill
+cell tagged `# %% tags=["parameters"]`). Each notebook's metadata pairs it with its source
+(`ipynb,notebooks//py:percent`), so Jupyter with jupytext saves both, and `jupytext --sync` works.
+
+Right after the parameters cell, every source and notebook carries the same first cell,
+FIRST_CELL below: it finds the project, sets up Colab and imports util. It is written here from
+rlhf/colab.py (its one source); a build puts the current one into every source.
+
+The committed notebooks carry the outputs of a `make run PRESET=tiny` (`--outputs runs`),
+cleaned of what changes from run to run or machine to machine (absolute paths, elapsed-time
+stamps, progress bars, stderr, execution metadata). A build keeps the outputs of every cell whose
+text did not change, and drops those of edited cells.
 """
 from __future__ import annotations
 
 import ast
-import json
+import re
 import sys
 from pathlib import Path
 
+import jupytext
+import nbformat
+
 ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "notebooks"
+FORMAT = "py:percent"
+METADATA = {
+    "jupytext": {"formats": "ipynb,notebooks//py:percent", "notebook_metadata_filter": "-all",
+                 "cell_metadata_filter": "tags,cellView,-all"},
+    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    "language_info": {"name": "python"},
+}
 
 # The project cannot be imported before it is found, so the first cell carries its finder: these
 # functions, copied from rlhf/colab.py (where they are tested) into {functions}.
@@ -36,83 +57,150 @@ from rlhf.colab import setup_colab
 setup_colab(root)  # Colab only: install or upgrade what requirements.txt asks for (never torch)
 import util  # only now: it imports transformers
 print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())"""
+FIRST_CELL_MARK = FIRST_CELL.splitlines()[0]
 
 
-def parse_cells(text: str) -> list[dict]:
-    cells, kind, lines = [], None, []
-
-    def flush():
-        if kind is not None:
-            source = "\n".join(lines).strip("\n")
-            cells.append(make_cell(kind, source))
-
-    for line in text.splitlines():
-        if line.startswith("# %%"):
-            flush()
-            header = line[4:].strip()
-            kind = "markdown" if header == "[markdown]" else ("parameters" if header == "parameters" else "code")
-            lines = []
-        elif kind == "markdown":
-            lines.append(line[2:] if line.startswith("# ") else line.lstrip("#"))
-        elif kind is not None:
-            lines.append(line)
-    flush()
-    return cells
-
-
-def make_cell(kind: str, source: str) -> dict:
-    text = source.splitlines(keepends=True)
-    if kind == "markdown":
-        return {"cell_type": "markdown", "metadata": {}, "source": text}
-    metadata = {"tags": ["parameters"]} if kind == "parameters" else {}
-    return {"cell_type": "code", "execution_count": None, "metadata": metadata, "outputs": [], "source": text}
-
-
-def first_cell() -> dict:
+def first_cell() -> nbformat.NotebookNode:
     """FIRST_CELL with the functions from rlhf/colab.py; Colab shows it folded, as a form."""
     text = (ROOT / "rlhf" / "colab.py").read_text()
     nodes = {node.name: node for node in ast.parse(text).body if isinstance(node, ast.FunctionDef)}
     functions = "\n\n\n".join(ast.get_source_segment(text, nodes[name]) for name in FIRST_CELL_FUNCTIONS)
-    cell = make_cell("code", FIRST_CELL.format(functions=functions))
-    cell["metadata"]["cellView"] = "form"
-    return cell
+    return nbformat.v4.new_code_cell(FIRST_CELL.format(functions=functions), metadata={"cellView": "form"})
 
 
-def notebook_cells(source: Path) -> list[dict]:
-    """The cells of a notebook source, with the first cell inserted after the parameters cell."""
-    cells = parse_cells(source.read_text())
-    tagged = [i for i, cell in enumerate(cells) if "parameters" in cell["metadata"].get("tags", [])]
+def parameters_index(cells, name: str) -> int:
+    tagged = [i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", [])]
     if len(tagged) != 1:
-        raise ValueError(f"{source.name}: needs exactly one '# %% parameters' cell, has {len(tagged)}")
-    return cells[:tagged[0] + 1] + [first_cell()] + cells[tagged[0] + 1:]
+        raise ValueError(f"{name}: needs exactly one cell tagged parameters, has {len(tagged)}")
+    return tagged[0]
 
 
-def build(source: Path) -> str:
-    notebook = {
-        "cells": notebook_cells(source),
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                     "language_info": {"name": "python"}},
-        "nbformat": 4, "nbformat_minor": 5,
-    }
-    for i, cell in enumerate(notebook["cells"]):
-        cell["id"] = f"{source.stem}-{i}"
-    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+def read_source(source: Path) -> nbformat.NotebookNode:
+    """The source as a notebook, with the current first cell right after its parameters cell."""
+    notebook = jupytext.read(source, fmt=FORMAT)
+    cells = [c for c in notebook.cells if not c.source.startswith(FIRST_CELL_MARK)]
+    at = parameters_index(cells, source.name) + 1
+    notebook.cells = cells[:at] + [first_cell()] + cells[at:]
+    notebook.metadata = nbformat.from_dict(METADATA)
+    return notebook
 
 
-def main(check: bool) -> int:
-    stale = []
-    for source in sorted((ROOT / "notebooks").glob("*.py")):
-        target = ROOT / f"{source.stem}.ipynb"
-        text = build(source)
-        if check:
-            if not target.exists() or target.read_text() != text:
-                stale.append(target.name)
-        else:
-            target.write_text(text)
-    if stale:
-        print("out of date (run python tools/build_notebooks.py):", ", ".join(stale))
-    return 1 if stale else 0
+def notebook_cells(source: Path) -> list:
+    """The cells of a source, first cell included (tools/run_stage.py runs their code)."""
+    return read_source(source).cells
+
+
+def source_text(notebook) -> str:
+    """The percent-format script jupytext writes for `notebook`: what its source must hold."""
+    return jupytext.writes(notebook, fmt=FORMAT)
+
+
+def key(cell) -> tuple:
+    return cell.cell_type, cell.source, tuple(cell.metadata.get("tags", []))
+
+
+def with_outputs(notebook, executed):
+    """`notebook` with the outputs of the cells of `executed` that have the same text, in order."""
+    done = [c for c in (executed.cells if executed else []) if c.cell_type == "code"]
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        match = next((i for i, old in enumerate(done) if key(old) == key(cell)), None)
+        if match is not None:
+            cell.outputs, cell.execution_count = done[match].outputs, done[match].execution_count
+            done = done[match + 1:]
+    return notebook
+
+
+# ----------------------------------------------------------------------------- cleaning executed outputs
+ELAPSED = re.compile(r"^\[\s*\d+\.\ds\] ", re.M)  # rlhf.runtime.RunLog's prefix
+DROP_MIME = ("application/vnd.jupyter.widget-view+json",)
+
+
+def clean_text(text: str, root: Path) -> str:
+    text = text.replace(str(root) + "/", "").replace(str(root), ".")
+    return ELAPSED.sub("", text)
+
+
+def clean_outputs(cell, root: Path) -> list:
+    """The outputs of an executed cell without what changes between runs and machines."""
+    kept = []
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            if output.name == "stderr":  # warnings and progress bars
+                continue
+            output.text = clean_text(output.text, root)
+        elif output.output_type in ("display_data", "execute_result"):
+            if any(mime in output.data for mime in DROP_MIME):
+                continue
+            for mime in ("text/plain", "text/html", "text/markdown"):
+                if mime in output.data:
+                    output.data[mime] = clean_text(output.data[mime], root)
+            output.metadata = {}
+        kept.append(output)
+    return kept
+
+
+def executed_notebook(path: Path, root: Path = ROOT):
+    """A notebook executed by papermill, cleaned: no injected-parameters cell, no run metadata."""
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells = [c for c in notebook.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = clean_outputs(cell, root)
+    return notebook
+
+
+# ----------------------------------------------------------------------------- building and checking
+
+def build(source: Path, outputs_from: Path | None = None) -> str:
+    """The notebook of `source` as text: the source's cells, with the outputs of `outputs_from`
+    (an executed notebook) or else those the committed notebook has for unchanged cells."""
+    notebook = read_source(source)
+    target = ROOT / f"{source.stem}.ipynb"
+    if outputs_from is not None:
+        executed = executed_notebook(outputs_from)
+    else:
+        executed = nbformat.read(target, as_version=4) if target.exists() else None
+    with_outputs(notebook, executed)
+    for i, cell in enumerate(notebook.cells):
+        cell.id = f"{source.stem}-{i}"
+        cell.metadata = {k: v for k, v in cell.metadata.items() if k in ("tags", "cellView")}
+    return nbformat.writes(notebook) + "\n"
+
+
+def problems(source: Path) -> list[str]:
+    """What is out of date between a source, its notebook and rlhf/colab.py."""
+    found = []
+    expected = read_source(source)
+    if source.read_text() != source_text(expected):
+        found.append(f"{source.relative_to(ROOT)} (its first cell or jupytext's layout)")
+    target = ROOT / f"{source.stem}.ipynb"
+    if not target.exists():
+        return found + [f"{target.name} (missing)"]
+    committed = nbformat.read(target, as_version=4)
+    if [key(c) for c in committed.cells] != [key(c) for c in expected.cells]:
+        found.append(f"{target.name} (its cells differ from {source.relative_to(ROOT)})")
+    return found
+
+
+def main(argv: list[str]) -> int:
+    sources = sorted(SOURCES.glob("[0-9]_*.py"))
+    if "--check" in argv:
+        found = [p for source in sources for p in problems(source)]
+        if found:
+            print("out of date (run make notebooks):\n  " + "\n  ".join(found))
+        return 1 if found else 0
+    runs = Path(argv[argv.index("--outputs") + 1]) if "--outputs" in argv else None
+    for source in sources:
+        source.write_text(source_text(read_source(source)))  # the current first cell, jupytext's layout
+        executed = runs / f"{source.stem}.ipynb" if runs else None
+        if executed is not None and not executed.exists():
+            raise SystemExit(f"{executed} is missing: run the notebooks first (make run PRESET=tiny)")
+        (ROOT / f"{source.stem}.ipynb").write_text(build(source, executed))
+        print(f"{source.stem}.ipynb" + (f" with the outputs of {executed}" if executed else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main("--check" in sys.argv))
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,72 @@
+"""The committed notebooks: paired with their sources (jupytext), carrying the outputs of a
+`make run PRESET=tiny` that a reader can see on GitHub, cleaned of what changes from run to run."""
+import json
+import re
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from conftest import NOTEBOOKS, ROOT
+
+sys.path.insert(0, str(ROOT / "tools"))
+import build_notebooks  # noqa: E402
+
+
+def test_every_notebook_equals_its_source():
+    """Cell by cell (type, text, tags), and each source is what jupytext writes for its notebook."""
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "build_notebooks.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    for name in NOTEBOOKS:
+        notebook = json.loads((ROOT / f"{name}.ipynb").read_text())
+        assert notebook["metadata"] == build_notebooks.METADATA
+        assert notebook["metadata"]["jupytext"]["formats"] == "ipynb,notebooks//py:percent"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_outputs_are_there_and_clean(name):
+    path = ROOT / f"{name}.ipynb"
+    assert path.stat().st_size < 400_000, "outputs small enough to review"
+    notebook = nbformat.read(path, as_version=4)
+    code = [c for c in notebook.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+    assert sum(bool(c.outputs) for c in code) >= len(code) - 3, "the cells' outputs are committed"
+    for cell in code:
+        assert set(cell.metadata) <= {"tags", "cellView"}  # no execution times, no papermill state
+        for output in cell.outputs:
+            assert output.get("name") != "stderr"
+            assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {})
+            text = output.get("text", "") + "".join(str(v) for k, v in output.get("data", {}).items() if k.startswith("text"))
+            assert str(ROOT) not in text and not re.search(r"/(tmp|home|root|work|content|Users)/", text), text[:200]
+            assert not build_notebooks.ELAPSED.search(text)
+
+
+def cell(source, outputs=(), **metadata):
+    made = nbformat.v4.new_code_cell(source, metadata=metadata)
+    made.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text) for text in outputs]
+    return made
+
+
+def test_a_build_keeps_the_outputs_of_unchanged_cells_only():
+    committed = nbformat.v4.new_notebook(cells=[cell("a = 1", ["one"]), cell("print(a)", ["1"]), cell("b", ["2"])])
+    edited = nbformat.v4.new_notebook(cells=[cell("a = 1"), cell("print(a + 1)"), cell("b")])
+    built = build_notebooks.with_outputs(edited, committed)
+    assert [[o.text for o in c.outputs] for c in built.cells] == [["one"], [], ["2"]]
+
+
+def test_executed_outputs_are_cleaned(tmp_path):
+    root = tmp_path / "project"
+    executed = nbformat.v4.new_notebook(cells=[
+        cell("PRESET = 'auto'", tags=["parameters"]),
+        cell("PRESET = 'tiny'", tags=["injected-parameters"]),
+        cell("run()", [f"project: {root} | saved {root}/model/actor\n", "[   12.3s] epoch 1: loss 0.5\n"],
+             papermill={"duration": 1.5}, execution={"iopub.status.busy": "2025-01-01"})])
+    executed.cells[2].outputs += [nbformat.v4.new_output("stream", name="stderr", text="50%|#####"),
+                                  nbformat.v4.new_output("display_data", data={
+                                      "application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+                                      "text/plain": "train: 0%"})]
+    nbformat.write(executed, tmp_path / "run.ipynb")
+    cleaned = build_notebooks.executed_notebook(tmp_path / "run.ipynb", root)
+    assert [c.source for c in cleaned.cells] == ["PRESET = 'auto'", "run()"]
+    assert [o.text for o in cleaned.cells[1].outputs] == ["project: . | saved model/actor\n", "epoch 1: loss 0.5\n"]
