@@ -15,7 +15,7 @@
 # reference, values) → compute **advantages** (GAE) → a few **epochs** of clipped updates.
 # This notebook goes there in four steps: (1) each function of `rlhf/ppo.py` on a toy tensor,
 # (2) one iteration by hand on the real models, with a table of every number for one answer,
-# (3) the training loop in a dozen lines built from the same functions, (4) the full run with
+# (3) the training loop in one short cell built from the same functions, (4) the full run with
 # the library's runner (resumable, multi-process), which gives the loop's numbers exactly.
 #
 # > **3 · 用 PPO 做 RLHF。** actor 现在向奖励模型学习，而不是向示范学习。共有四个模型（沿用
@@ -24,7 +24,7 @@
 # > 在每个 token 上预测之后的回报）。一次 PPO 迭代：**采样**回答 → **打分**（奖励模型、相对 reference
 # > 的 KL 惩罚、价值）→ 计算**优势**（GAE）→ 若干 **epoch** 的裁剪更新。本笔记本分四步：(1) 在玩具
 # > 张量上逐个运行 `rlhf/ppo.py` 的函数；(2) 在真实模型上手算一次迭代，并列出一条回答的每个数；
-# > (3) 用同样的函数写成十几行的训练循环；(4) 用库里的训练器（可续训、可多进程）完整训练，它的
+# > (3) 用同样的函数在一个简短的单元格里写出训练循环；(4) 用库里的训练器（可续训、可多进程）完整训练，它的
 # > 数字与循环完全一致。
 
 # %% tags=["parameters"]

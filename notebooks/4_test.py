@@ -219,12 +219,12 @@ ax.set_xlabel("PPO iteration"); plt.tight_layout(); plt.show()
 # `util.chat` asks a question through the tokenizer's chat template, which renders exactly the
 # training format. The RLHF model is a plain Hugging Face checkpoint, so `transformers.pipeline`
 # works on it too, and given chat messages it uses the same template: the same greedy answer
-# (`tests/test_chat_template.py` checks this on every eval prompt). Change the questions and run
+# (`tests/test_pipeline.py` checks this on every eval prompt). Change the questions and run
 # the cell again.
 #
 # > **试一试：处处同一种提示词格式。** `util.chat` 通过分词器的 chat template 提问，它渲染出的正是训练
 # > 格式。RLHF 模型是普通的 Hugging Face 检查点，`transformers.pipeline` 也能直接用；传入消息列表时它用
-# > 同一个模板，贪心解码给出相同的回答（`tests/test_chat_template.py` 在全部评测提示词上检查这一点）。
+# > 同一个模板，贪心解码给出相同的回答（`tests/test_pipeline.py` 在全部评测提示词上检查这一点）。
 # > 改一改问题，再运行这个单元格。
 
 # %%
