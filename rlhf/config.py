@@ -35,12 +35,20 @@ class BaseConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data lives and how the training rows are shared between the stages."""
-    data_dir: str = "dataset"              # folder holding train.json and eval.json
+    data_dir: str = "dataset"              # folder holding train.json and eval.json; or a JSON/JSONL(.gz)/parquet/arrow file or folder, a save_to_disk folder, a Hub dataset id (rlhf/sources.py)
     split: tuple = (2, 4, 4)               # actor : critic : rlhf share of the training rows (original 2:4:4)
     max_length: int = 512                  # longest prompt+response in tokens; longer rows are truncated
     max_prompt_length: int = 256           # longest prompt in tokens (truncated from the left)
     max_eval_rows: int = 0                 # use only the first N eval rows (0 = all)
     seed: int = 42                         # seed of the deterministic split
+    layout: str = "auto"                   # how source rows map onto prompt/response/chosen/rejected: "auto", "rm-static", "hh-rlhf" or "columns" (the *_key fields)
+    prompt_key: str = "prompt"             # column holding the prompt (layouts rm-static and columns)
+    chosen_key: str = "chosen"             # column holding the preferred answer (an hh-rlhf transcript in that layout)
+    rejected_key: str = "rejected"         # column holding the other answer
+    response_key: str = "response"         # column holding the SFT demonstration; when the source has none, `chosen` is used
+    eval_fraction: float = 0.1             # share of the rows held out as eval when the source has no test/validation split
+    max_train_rows: int = 0                # use only the first N training rows of a datasets source (0 = all)
+    hub_timeout_s: float = 3.0             # how long to wait for the Hub before a dataset id is declared unreachable
 
 
 @dataclass(frozen=True)
@@ -128,8 +136,16 @@ class EvalConfig:
     seed: int = 1234                       # seed of sampling
 
 
+@dataclass(frozen=True)
+class TrackConfig:
+    """Experiment tracking of stages 1-3 through accelerate's trackers (rlhf/tracking.py)."""
+    report_to: str = "auto"                # "auto" (tensorboard when installed, else none), "none", "tensorboard", "wandb", "trackio", or several joined by commas
+    logging_dir: str = "model/logs"        # where TensorBoard event files go (one run folder per stage)
+    project: str = "simple-rlhf-tiny"      # project name for wandb / trackio
+
+
 STAGES = {"base": BaseConfig, "data": DataConfig, "actor": ActorConfig, "critic": CriticConfig,
-          "ppo": PPOConfig, "eval": EvalConfig}
+          "ppo": PPOConfig, "eval": EvalConfig, "track": TrackConfig}
 
 # Each preset overrides some fields of some stages; everything else keeps the original's default.
 PRESETS: dict[str, dict[str, dict]] = {
@@ -203,6 +219,10 @@ def validate(config) -> None:
             raise ConfigError(f"DataConfig.split must be three non-negative shares, got {config.split!r}")
         if config.max_prompt_length >= config.max_length:
             raise ConfigError("DataConfig.max_prompt_length must be < max_length")
+        if config.layout not in ("auto", "rm-static", "hh-rlhf", "columns"):
+            raise ConfigError(f"DataConfig.layout must be auto, rm-static, hh-rlhf or columns, got {config.layout!r}")
+        if not 0 < config.eval_fraction < 1 or config.max_train_rows < 0:
+            raise ConfigError("DataConfig.eval_fraction must be in (0, 1) and max_train_rows >= 0")
     if isinstance(config, BaseConfig) and config.hidden_size % config.num_heads:
         raise ConfigError("BaseConfig.hidden_size must be divisible by num_heads")
     if isinstance(config, PPOConfig) and config.rollout_batch % config.minibatch:
