@@ -104,8 +104,34 @@ def load_hub_base(cfg: BaseConfig):
     return model, tokenizer
 
 
-def get_base(cfg: BaseConfig, texts, log=print):
-    """(model, tokenizer, source): the hub model if we can get it, else the offline fallback."""
+class ModelLoadError(RuntimeError):
+    """A base model that was asked for by name could not be loaded; says which and why."""
+
+
+def load_failure_reason(err: BaseException) -> str:
+    """Why a from_pretrained failed, in words: not found, no access, or the error itself."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    chain, cause = [], err
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(e) for e in chain).lower()
+    if any(isinstance(e, GatedRepoError) for e in chain) or "gated" in text or "401" in text or "403" in text:
+        return f"no access (a gated or private repository: accept its terms and log in with `hf auth login`): {err}"
+    if any(isinstance(e, (RepositoryNotFoundError, RevisionNotFoundError)) for e in chain) or \
+            "not a valid model identifier" in text or "404" in text:
+        return f"not found on the Hub (check the spelling): {err}"
+    return f"{type(err).__name__}: {err}"
+
+
+def get_base(cfg: BaseConfig, texts, log=print, fallback: bool = False):
+    """(model, tokenizer, source): the configured model (a Hub id or a local folder), else, only
+    with `fallback` (PRESET "auto"), the offline fallback. A model asked for by name that cannot be
+    loaded raises ModelLoadError naming it and the reason (offline, not found, no access)."""
+    if Path(cfg.model_name).expanduser().is_dir() and cfg.use_hub:
+        model, tokenizer = load_hub_base(cfg)  # a local Hugging Face folder: no hub needed
+        return model, with_chat_template(tokenizer), f"local:{cfg.model_name}"
     if cfg.use_hub:
         ok, reason = hub_reachable(cfg.hub_timeout_s)
         if ok:
@@ -113,8 +139,15 @@ def get_base(cfg: BaseConfig, texts, log=print):
                 model, tokenizer = load_hub_base(cfg)
                 return model, with_chat_template(tokenizer), f"hub:{cfg.model_name}"
             except (OSError, ValueError) as err:  # network drop, gated repo, unknown id
-                reason = f"loading {cfg.model_name} failed: {err}"
-        log(f"[base] cannot use {cfg.model_name}: {reason}. Building the offline fallback.")
+                reason = load_failure_reason(err)
+        else:
+            reason = f"offline: {reason}"
+        if not fallback:
+            raise ModelLoadError(f"cannot load the base model {cfg.model_name!r}: {reason}. It was asked "
+                                 "for by name, so nothing replaces it; with PRESET='auto' and no MODEL, "
+                                 "an unreachable hub falls back to the offline tiny model")
+        log(f"[base] cannot use {cfg.model_name}: {reason}. PRESET is 'auto', so falling back: "
+            "building the offline tiny model (a random-weight OPT, not the model named above).")
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     model = build_fallback_model(tokenizer, cfg)
     return model, with_chat_template(tokenizer), "fallback:tiny-opt"

@@ -41,11 +41,43 @@ def test_get_base_falls_back_offline_within_seconds(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
     cfg = make_config("base", "ci", use_hub=True, hub_timeout_s=2.0)
     start = time.time()
-    model, tokenizer, source = models.get_base(cfg, [r["prompt"] + " " + r["response"] for r in ROWS] * 10, log=lambda m: None)
+    said = []
+    model, tokenizer, source = models.get_base(cfg, [r["prompt"] + " " + r["response"] for r in ROWS] * 10,
+                                               log=said.append, fallback=True)  # PRESET "auto"
     assert time.time() - start < 5.0
-    assert source.startswith("fallback")
+    assert source.startswith("fallback") and "falling back" in said[0] and "offline" in said[0]
     assert len({tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}) == 3
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+def test_a_model_asked_for_by_name_that_fails_is_an_error_naming_it_and_why(monkeypatch):
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    cfg = make_config("base", "ci", use_hub=True, model_name="facebook/opt-350mm", hub_timeout_s=1.0)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s: (False, "hub.invalid did not answer"))
+    with pytest.raises(models.ModelLoadError, match="'facebook/opt-350mm': offline: hub.invalid"):
+        models.get_base(cfg, ["Human: a Assistant: b"], log=lambda m: None)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s: (True, "stub"))
+    import httpx
+
+    reply = lambda status: httpx.Response(status, request=httpx.Request("GET", "https://huggingface.co/x"))
+    for error, reason in ((RepositoryNotFoundError("Repository Not Found", response=reply(404)), "not found on the Hub"),
+                          (GatedRepoError("Access restricted", response=reply(403)), "no access")):
+        def fail(cfg, error=error):
+            raise OSError("facebook/opt-350mm is not a local folder") from error
+        monkeypatch.setattr(models, "load_hub_base", fail)
+        with pytest.raises(models.ModelLoadError, match=f"'facebook/opt-350mm': {reason}"):
+            models.get_base(cfg, ["Human: a Assistant: b"], log=lambda m: None)
+
+
+def test_a_local_model_folder_loads_without_the_hub(tmp_path, tiny_tokenizer, monkeypatch):
+    model = models.build_fallback_model(tiny_tokenizer, make_config("base", "ci"))
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s: (False, "offline"))
+    cfg = make_config("base", "ci", use_hub=True, model_name=str(tmp_path))
+    _, tokenizer, source = models.get_base(cfg, [], log=lambda m: None)
+    assert source == f"local:{tmp_path}" and tokenizer.chat_template
 
 
 def test_auto_preset_without_gpu_is_tiny(tmp_path):
