@@ -24,6 +24,7 @@ The math modules are reached as modules (`util.ppo.gae`, `util.reward.pairwise_l
 import shutil
 
 from rlhf import ppo, reward, rollout, sft
+from rlhf.cards import push_to_hub
 from rlhf.checkpoint import read_json, require_checkpoint, save_checkpoint
 from rlhf.config import config_table, make_config
 from rlhf.data import (collate_pairs, collate_prompts, collate_sft, encode_pairs, encode_prompts,
@@ -34,8 +35,10 @@ from rlhf.models import (check_tokenizer_matches, count_parameters, get_base, ha
                          load_ppo_models, load_tokenizer, resolve_preset)
 from rlhf.ppo_loop import (Timer, make_optimizer, ppo_losses, ppo_update, prompt_batch,
                            rollout_stats, train_ppo)
+from rlhf.overrides import check_overrides, stage_overrides
 from rlhf.rollout import make_rollout
 from rlhf.runtime import RunLog, explain_precision, free_gpu_cache, seed_everything
+from rlhf.sources import load_data
 from rlhf.tasks import FLAW_NAMES, gold_breakdown, gold_flaws, gold_score
 from rlhf.train import fit, make_accelerator
 
@@ -56,18 +59,29 @@ def clear_resume(stage: str, root: str = MODEL_DIR) -> None:
     shutil.rmtree(resume_dir(stage, root), ignore_errors=True)
 
 
-def start(stage: str, preset: str = "auto", data_dir: str = "dataset", show=()):
+def start(stage: str, preset: str = "auto", data_dir: str = "dataset", show=(), overrides: str = ""):
     """The first call of notebooks 1-4 (after the first cell has found the project and set up
-    Colab): resolve the preset (and say why), print the stage's config (the fields in `show` and
+    Colab): resolve the preset (and say why), check `overrides` ("ppo.lora_rank=8 actor.epochs=1":
+    the SET parameter) for every stage, print the stage's config (the fields in `show` and
     those the preset changed; `config_table(cfg)` prints all) and the precision `auto` means here,
     seed everything. Returns (preset, data_cfg, cfg)."""
     name, reason = resolve_preset(preset)
     print(f"preset: {name} ({reason})")
-    data_cfg = make_config("data", name, data_dir=data_dir)
-    cfg = make_config(stage, name)
+    parsed = check_overrides(overrides, name)  # an unknown or ill-typed field stops here
+    data_cfg = make_config("data", name, **{"data_dir": data_dir, **parsed.get("data", {})})
+    cfg = make_config(stage, name, **parsed.get(stage, {}))
     print(config_table(cfg, show))
     if hasattr(cfg, "mixed_precision"):
         precision, why = explain_precision(cfg.mixed_precision)
         print(f"mixed precision: {cfg.mixed_precision} -> {precision} ({why})")
     seed_everything(getattr(cfg, "seed", 0))
     return name, data_cfg, cfg
+
+
+def open_log(stage: str, configs=(), preset: str = "opt-125m", overrides: str = "") -> RunLog:
+    """The stage's RunLog under model/logs, with the experiment trackers TrackConfig.report_to
+    asks for (TensorBoard by default when installed; `tensorboard --logdir model/logs`)."""
+    from rlhf.tracking import open_log as open_tracked_log
+
+    track_cfg = make_config("track", preset, **stage_overrides(overrides, "track"))
+    return open_tracked_log(stage, configs, track_cfg, folder=stage_dir("logs"))

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from . import faults
+from .cards import write_card
 from .config import config_to_dict
 
 STAGE_MAKERS = {"base": "0_download.ipynb", "actor": "1_actor.ipynb", "critic": "2_critic.ipynb",
@@ -66,6 +67,8 @@ def save_checkpoint(out_dir, model=None, tokenizer=None, configs=(), metrics=Non
         write_json(tmp / "stage_config.json", {type(c).__name__: config_to_dict(c) for c in configs})
     if metrics is not None:
         write_json(tmp / "metrics.json", metrics)
+    if model is not None and train_state is None:  # a stage's result: a model card (rlhf/cards.py)
+        write_card(tmp, out.name, configs, metrics, out=out)
     for name, obj in (files or {}).items():
         write_json(tmp / name, obj)
     for name, extra in (extra_models or {}).items():

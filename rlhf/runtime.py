@@ -122,10 +122,12 @@ def halve_on_oom(run, size: int, log, what: str):
 
 
 class RunLog:
-    """Prints a line and appends it to a text log; `record` appends a JSON line of metrics."""
+    """Prints a line and appends it to a text log; `record` appends a JSON line of metrics and
+    sends its numbers to the experiment trackers, if any (rlhf/tracking.py attaches them)."""
 
-    def __init__(self, folder, stage: str):
+    def __init__(self, folder, stage: str, trackers=()):
         self.folder = Path(folder)
+        self.trackers = list(trackers)
         self.writes = int(os.environ.get("RANK", "0")) == 0  # in a multi-process run, rank 0 logs
         self.text = self.folder / f"{stage}.log"
         self.jsonl = self.folder / f"{stage}.jsonl"
@@ -142,7 +144,23 @@ class RunLog:
         with open(self.text, "a") as handle:
             handle.write(line + "\n")
 
-    def record(self, metrics: dict) -> None:
-        if self.writes:
-            with open(self.jsonl, "a") as handle:
-                handle.write(json.dumps(metrics) + "\n")
+    def record(self, metrics: dict, step: int | None = None) -> None:
+        """One JSON line; to each tracker its numbers at `step` (default: the metrics' iteration
+        or step)."""
+        if not self.writes:
+            return
+        with open(self.jsonl, "a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        if self.trackers:
+            from .tracking import numbers_of
+
+            step = step if step is not None else metrics.get("iteration", metrics.get("step"))
+            values = numbers_of(metrics)
+            for tracker in self.trackers:
+                tracker.log(values, step=step)
+
+    def finish(self) -> None:
+        """Close the trackers (flushes TensorBoard's event files); safe to call twice."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.finish()

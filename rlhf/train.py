@@ -273,6 +273,8 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
                                      "grad_norm": grad_norm, "skipped": not stepped,
                                      **({"loss_scale": loss_scale(accelerator)} if accelerator.scaler else {}),
                                      **stats})
+            if hasattr(log, "record"):  # a RunLog: the JSON lines and the experiment trackers
+                log.record(history["steps"][-1])
             bar.update(1)
             bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}")
             if resume_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
@@ -285,6 +287,8 @@ def fit(model, train_items, collate, loss_fn, cfg, log=print, evaluate=None, res
             model.eval()
             result = {"epoch": epoch + 1, "step": step, **evaluate(accelerator.unwrap_model(model))}
             history["epochs"].append(result)
+            if hasattr(log, "record"):
+                log.record(result)
             log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()
                                                    if isinstance(v, float)))
         if step >= total:
