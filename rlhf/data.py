@@ -201,8 +201,13 @@ def _special_ids(tokenizer) -> tuple[list[int], int]:
 
 def prompt_to_ids(tokenizer, prompt: str, max_prompt_length: int, where: str = "prompt"):
     """(bos + prompt ids, was_truncated); only the prompt's last tokens are kept if it is too long."""
+    from . import chat
+
     bos, _ = _special_ids(tokenizer)
-    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    if chat.uses_builtin_template(tokenizer):
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    else:  # a hub model's own chat template (rlhf/chat.py): it places any BOS itself
+        bos, ids = [], chat.prompt_ids(tokenizer, prompt)
     if not ids:
         raise DataError(f"{where}: the prompt tokenises to no tokens: {_clip(prompt)!r}")
     room = max_prompt_length - len(bos)
@@ -217,8 +222,13 @@ def build_sequence(tokenizer, prompt_ids: list[int], response_text: str, max_len
     The response is tokenised as " " + response_text; if it must be cut, the EOS goes too.
     n_response counts the response tokens kept, EOS included.
     """
+    from . import chat
+
     _, eos = _special_ids(tokenizer)
-    response = tokenizer(" " + response_text, add_special_tokens=False).input_ids + [eos]
+    if chat.uses_builtin_template(tokenizer):
+        response = tokenizer(" " + response_text, add_special_tokens=False).input_ids + [eos]
+    else:  # the answer as a hub model's own chat template renders it, then EOS (rlhf/chat.py)
+        response = chat.response_ids(tokenizer, response_text)
     kept = response[:max(max_length - len(prompt_ids), 0)]
     return prompt_ids + kept, len(kept), len(kept) < len(response)
 

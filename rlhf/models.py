@@ -154,11 +154,13 @@ def get_base(cfg: BaseConfig, texts, log=print, fallback: bool = False):
 
 
 def with_chat_template(tokenizer):
-    """The tokenizer with the project's chat template (rlhf.data.CHAT_TEMPLATE), replacing any
-    template a hub model came with: the models here learn the data's "Human: … Assistant:" format."""
+    """The tokenizer with a chat template: the one an instruction-tuned hub model came with, kept
+    (every stage then renders the rows with it, rlhf/chat.py), else the project's own
+    (rlhf.data.CHAT_TEMPLATE): the data's "Human: … Assistant:" format."""
     from .data import CHAT_TEMPLATE
 
-    tokenizer.chat_template = CHAT_TEMPLATE
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
