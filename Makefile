@@ -5,6 +5,8 @@ PRESET ?= auto
 # MODEL: a hub id instead of the preset's base model (notebook 0), e.g. facebook/opt-350m
 MODEL  ?=
 DATA   ?= dataset
+# SET: any config field, stage.field=value separated by spaces, e.g. SET="ppo.lora_rank=8 actor.epochs=1"
+SET    ?=
 # The tested torch, installed first by tools/install_torch.sh: the CPU build from PyTorch's CPU
 # index on a machine without an NVIDIA GPU (the default index where that index cannot be reached),
 # the default index's build with a GPU and on macOS. A torch already in $(VENV) is kept.
@@ -29,7 +31,7 @@ $(BIN)/.installed: requirements.txt $(CONSTRAINTS)
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/python tools/run_pipeline.py --preset $(PRESET) --data $(DATA) --model "$(strip $(MODEL))"
+	$(BIN)/python tools/run_pipeline.py --preset $(PRESET) --data $(DATA) --model "$(strip $(MODEL))" --set "$(strip $(SET))"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests

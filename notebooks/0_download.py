@@ -24,8 +24,9 @@
 
 # %% tags=["parameters"]
 PRESET = "auto"     # "auto", "tiny", "ci" or "opt-125m"
-DATA = "dataset"    # a folder holding train.json and eval.json
+DATA = "dataset"    # train.json + eval.json folder, a JSON/JSONL/parquet file or folder, or a Hub dataset id
 MODEL = ""          # a hub id instead of the preset's base model, e.g. "facebook/opt-350m"
+SET = ""            # any config field, as space-separated stage.field assignments (README, Settings)
 PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
@@ -123,8 +124,9 @@ print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
 # %%
 preset, reason = util.resolve_preset(PRESET, decide_anew=True)
 print(f"preset: {preset} ({reason})")
-base_cfg = util.make_config("base", preset, **({"model_name": MODEL, "use_hub": True} if MODEL else {}))
-data_cfg = util.make_config("data", preset, data_dir=DATA)
+overrides = util.check_overrides(SET, preset)  # an unknown or ill-typed field stops here
+base_cfg = util.make_config("base", preset, **{**({"model_name": MODEL, "use_hub": True} if MODEL else {}), **overrides.get("base", {})})
+data_cfg = util.make_config("data", preset, **{"data_dir": DATA, **overrides.get("data", {})})
 print(util.config_table(base_cfg, show=("model_name",)))
 print(util.config_table(data_cfg, show=("split", "max_length")))
 
@@ -139,7 +141,7 @@ print(util.config_table(data_cfg, show=("split", "max_length")))
 # > `dataset/README.md`。
 
 # %%
-train_rows, eval_rows = util.load_dataset_dir(DATA)
+train_rows, eval_rows = util.load_data(data_cfg)  # a folder, a file, or a Hub dataset (rlhf/sources.py)
 print(f"{len(train_rows)} training rows, {len(eval_rows)} eval rows")
 for row in train_rows[:3]:
     for field in ("prompt", "response", "chosen", "rejected"):
@@ -224,7 +226,7 @@ if judge is not None:
 
 # %%
 texts = [r["prompt"] + " " + r[k] for r in train_rows for k in ("response", "chosen", "rejected") if r[k]]
-model, tokenizer, source = util.get_base(base_cfg, texts)
+model, tokenizer, source = util.get_base(base_cfg, texts, fallback=PRESET == "auto" and not MODEL)
 print("source:", source)
 print(f"vocabulary {len(tokenizer)} | pad {tokenizer.pad_token!r}={tokenizer.pad_token_id} "
       f"bos {tokenizer.bos_token!r}={tokenizer.bos_token_id} eos {tokenizer.eos_token!r}={tokenizer.eos_token_id}")

@@ -17,6 +17,7 @@
 # %% tags=["parameters"]
 PRESET = "auto"     # "auto" follows what 0_download chose
 DATA = "dataset"
+SET = ""            # any config field, as space-separated stage.field assignments (README, Settings)
 PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
@@ -101,7 +102,7 @@ import util  # only now: it imports transformers
 print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
 
 # %%
-preset, data_cfg, cfg = util.start("actor", PRESET, DATA, show=("lr", "batch_size", "epochs"))
+preset, data_cfg, cfg = util.start("actor", PRESET, DATA, show=("lr", "batch_size", "epochs"), overrides=SET)
 
 # %% [markdown]
 # ## Data: the actor's share of the training rows
@@ -114,7 +115,7 @@ preset, data_cfg, cfg = util.start("actor", PRESET, DATA, show=("lr", "batch_siz
 # %%
 base_dir = util.require_checkpoint(util.stage_dir("base"), "base")
 tokenizer = util.load_tokenizer(base_dir)
-train_rows, eval_rows = util.load_dataset_dir(DATA)
+train_rows, eval_rows = util.load_data(data_cfg)
 parts = util.split_rows(train_rows, data_cfg.split, data_cfg.seed)
 if data_cfg.max_eval_rows:
     eval_rows = eval_rows[:data_cfg.max_eval_rows]
@@ -176,7 +177,7 @@ show_samples(model, "base model (greedy):")
 # > `sft_loss`，只省了一步：LM head 只在有标签的位置上计算。
 
 # %%
-log = util.RunLog(util.stage_dir("logs"), "actor")
+log = util.open_log("actor", [cfg, data_cfg], preset, SET)  # model/logs/actor.log, .jsonl, TensorBoard
 evaluate = lambda m: util.sft.evaluate_sft(m, eval_examples, collate)
 model, history = util.fit(model, train_examples, collate, util.sft.sft_loss_fn, cfg,
                           log=log, evaluate=evaluate, resume_dir=util.resume_dir("actor"), tokenizer=tokenizer)

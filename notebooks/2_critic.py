@@ -30,6 +30,7 @@
 # %% tags=["parameters"]
 PRESET = "auto"
 DATA = "dataset"
+SET = ""            # any config field, as space-separated stage.field assignments (README, Settings)
 PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
@@ -114,7 +115,7 @@ import util  # only now: it imports transformers
 print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
 
 # %%
-preset, data_cfg, cfg = util.start("critic", PRESET, DATA, show=("lr", "batch_size", "epochs", "init_from"))
+preset, data_cfg, cfg = util.start("critic", PRESET, DATA, show=("lr", "batch_size", "epochs", "init_from"), overrides=SET)
 
 # %% [markdown]
 # ## The pairwise loss
@@ -147,7 +148,7 @@ print(f"loss (their mean) {loss:.3f} | accuracy {accuracy:.3f} | mean margin {ma
 init_dir = util.require_checkpoint(util.stage_dir(cfg.init_from), cfg.init_from)
 actor_dir = util.require_checkpoint(util.stage_dir("actor"), "actor")
 tokenizer = util.load_tokenizer(init_dir)
-train_rows, eval_rows = util.load_dataset_dir(DATA)
+train_rows, eval_rows = util.load_data(data_cfg)
 parts = util.split_rows(train_rows, data_cfg.split, data_cfg.seed)
 if data_cfg.max_eval_rows:
     eval_rows = eval_rows[:data_cfg.max_eval_rows]
@@ -190,7 +191,7 @@ print("before training:", {k: round(v, 3) for k, v in util.reward.evaluate_rewar
 # > 一次前向计算后求成对损失。
 
 # %%
-log = util.RunLog(util.stage_dir("logs"), "critic")
+log = util.open_log("critic", [cfg, data_cfg], preset, SET)
 evaluate = lambda m: util.reward.evaluate_reward(m, eval_pairs, collate)
 model, history = util.fit(model, train_pairs, collate, util.reward.reward_loss_fn, cfg,
                           log=log, evaluate=evaluate, resume_dir=util.resume_dir("critic"), tokenizer=tokenizer)
@@ -221,7 +222,7 @@ plt.tight_layout(); plt.show()
 # %%
 from transformers import AutoModelForCausalLM
 actor = AutoModelForCausalLM.from_pretrained(actor_dir)
-ppo_cfg = util.make_config("ppo", preset)
+ppo_cfg = util.make_config("ppo", preset, **util.stage_overrides(SET, "ppo"))
 prompts = [r["prompt"] for r in parts["rlhf"][:max(64, 2 * ppo_cfg.rollout_batch)]]
 texts, ended, sequences = util.complete(actor, tokenizer, prompts, data_cfg.max_prompt_length,
                                         ppo_cfg.max_new_tokens, do_sample=True, temperature=ppo_cfg.temperature)

@@ -30,6 +30,7 @@
 # %% tags=["parameters"]
 PRESET = "auto"
 DATA = "dataset"
+SET = ""            # any config field, as space-separated stage.field assignments (README, Settings)
 PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
@@ -120,7 +121,7 @@ from IPython.display import display
 from util import ppo
 
 preset, data_cfg, cfg = util.start("ppo", PRESET, DATA, show=(
-    "kl_coef", "gamma", "lam", "clip_ratio", "clip_value", "ppo_epochs", "temperature", "score_clip"))
+    "kl_coef", "gamma", "lam", "clip_ratio", "clip_value", "ppo_epochs", "temperature", "score_clip"), overrides=SET)
 
 # %% [markdown]
 # ## Part 1 · The math on toy tensors
@@ -248,7 +249,7 @@ accelerator = util.make_accelerator(cfg.mixed_precision)
 actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg, accelerator.device)
 for name, model in (("actor", actor), ("critic", critic)):
     util.check_tokenizer_matches(model, tokenizer, f"model/{name}")
-train_rows, _ = util.load_dataset_dir(DATA)
+train_rows, _ = util.load_data(data_cfg)
 rows = util.split_rows(train_rows, data_cfg.split, data_cfg.seed)["rlhf"]
 prompt_texts = [r["prompt"] for r in rows]
 prompt_ids = util.encode_prompts(rows, tokenizer, data_cfg.max_prompt_length)
@@ -465,7 +466,7 @@ display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4))
 
 # %%
 actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg)
-log = util.RunLog(util.stage_dir("logs"), "rlhf")
+log = util.open_log("rlhf", [cfg, data_cfg], preset, SET)  # every iteration's numbers, also to TensorBoard
 actor, critic, history, samples = util.train_ppo((actor, reference, reward_model, critic), tokenizer,
                                                  prompt_ids, cfg, reward_stats, log=log, judge=judge,
                                                  prompt_texts=prompt_texts, resume_dir=util.resume_dir("rlhf"))

@@ -16,8 +16,10 @@
 # %% tags=["parameters"]
 PRESET = "auto"
 DATA = "dataset"
+SET = ""            # any config field, as space-separated stage.field assignments (README, Settings)
 PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
+HUB_REPO = ""        # a Hub repo id to push model/rlhf to at the end, e.g. your-name/simple-rlhf-tiny; empty: no push
 
 # %% cellView="form"
 # @title Find the project, set up Colab, import util
@@ -100,7 +102,7 @@ import util  # only now: it imports transformers
 print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
 
 # %%
-preset, data_cfg, cfg = util.start("eval", PRESET, DATA, show=("samples_per_prompt", "temperature"))
+preset, data_cfg, cfg = util.start("eval", PRESET, DATA, show=("samples_per_prompt", "temperature"), overrides=SET)
 
 # %%
 import pandas as pd
@@ -113,7 +115,7 @@ tokenizer = util.load_tokenizer(rlhf_dir)
 policies = {"sft": AutoModelForCausalLM.from_pretrained(sft_dir).eval(),
             "rlhf": AutoModelForCausalLM.from_pretrained(rlhf_dir).eval()}
 reward_model = AutoModelForSequenceClassification.from_pretrained(critic_dir).eval()
-_, eval_rows = util.load_dataset_dir(DATA)
+_, eval_rows = util.load_data(data_cfg)
 prompts = list(dict.fromkeys(r["prompt"] for r in eval_rows))
 prompts = prompts[:cfg.max_prompts] if cfg.max_prompts else prompts
 judge = util.gold_judge_for(prompts)
@@ -244,3 +246,18 @@ summary = {"preset": preset, "prompts": len(prompts), "samples_per_prompt": cfg.
 util.save_checkpoint(util.stage_dir("eval"), configs=[cfg, data_cfg], metrics=summary,
                      files={"summary.json": summary, "records.json": records})
 print("saved model/eval/summary.json")
+
+# %% [markdown]
+# ## Share the model (optional)
+# Every checkpoint folder carries a model card, `README.md`: the base model, the data, the stage
+# config, the metrics and how to load it with `pipeline`. With `HUB_REPO` set in the parameters
+# cell and a Hub login (`hf auth login`), this uploads `model/rlhf` there; offline or without a
+# repo id it says why it skipped.
+#
+# > **分享模型（可选）。** 每个检查点目录都带有模型卡 `README.md`（基础模型、数据、配置、指标、
+# > 用 `pipeline` 加载的方法）。在参数单元格设置 `HUB_REPO` 并登录（`hf auth login`）后，这里把
+# > `model/rlhf` 上传到 Hub；离线或未设置时会说明跳过的原因。
+
+# %%
+print((rlhf_dir / "README.md").read_text()[:600])
+util.push_to_hub(util.stage_dir("rlhf"), HUB_REPO)

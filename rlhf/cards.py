@@ -27,9 +27,15 @@ ABOUT = {
 }
 
 
-def _scalars(metrics: dict) -> list[tuple[str, object]]:
-    return [(k, v) for k, v in (metrics or {}).items()
-            if isinstance(v, (numbers.Number, str)) and not isinstance(v, bool)]
+def _scalars(metrics: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """The numbers and strings of `metrics`, one level of nesting flattened ("last.kl")."""
+    rows = []
+    for key, value in (metrics or {}).items():
+        if isinstance(value, dict) and not prefix:
+            rows += _scalars(value, f"{key}.")
+        elif isinstance(value, (numbers.Number, str)) and not isinstance(value, bool):
+            rows.append((prefix + key, value))
+    return rows
 
 
 def _base_of(folder: Path, configs) -> str:

@@ -48,3 +48,22 @@ def test_every_field_has_a_flag_with_its_documented_help():
             assert helps.get(f.name), f"{cls.__name__}.{f.name} has no comment to use as help"
     args = parser.parse_args(["--ppo.lora_rank", "8", "--actor.epochs", "1"])
     assert sorted(flags_to_overrides(args)) == ["actor.epochs=1", "ppo.lora_rank=8"]
+
+
+def test_scripts_take_settings_and_stop_on_a_bad_one_before_anything_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tools"))
+    from run_stage import stage_code
+
+    code = stage_code("3", "ci", "dataset", overrides="ppo.lora_rank=8")
+    assert code.index("SET = 'ppo.lora_rank=8'") > code.index('SET = ""')  # after the parameters cell
+    for script, args in (("run_pipeline.py", ["--set", "ppo.lora_rnak=8"]),
+                         ("run_stage.py", ["3", "--ppo.lora_rank", "eight"])):
+        result = subprocess.run([sys.executable, str(root / "tools" / script), "--preset", "ci", *args],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and ("lora_rnak" in result.stderr or "ppo.lora_rank takes int" in result.stderr)
+        assert "==" not in result.stdout and not (tmp_path / "model").exists()

@@ -1,6 +1,10 @@
 """Execute the five notebooks in order, headless, with papermill (what `make run` does).
 
     python tools/run_pipeline.py [--preset auto|tiny|ci|opt-125m] [--data dataset] [--only 0 1 2]
+                                 [--set "ppo.lora_rank=8 actor.epochs=1"]
+
+--set takes any config field as stage.field=value (rlhf/config.py; the notebooks' SET
+parameter); an unknown or ill-typed field stops the run before the first notebook starts.
 
 Executed copies go to runs/ (the committed notebooks stay clean); checkpoints go to model/.
 Ends by printing model/eval/summary.json as a table when stage 4 ran.
@@ -18,7 +22,7 @@ NOTEBOOKS = ["0_download", "1_actor", "2_critic", "3_rlhf", "4_test"]
 
 
 def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path | None = None,
-                  model: str = "") -> dict:
+                  model: str = "", overrides: str = "") -> dict:
     """Run the notebooks under `root`; returns {notebook: seconds}. Raises on the first failure."""
     import papermill
 
@@ -32,7 +36,8 @@ def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path |
         print(f"== {name}.ipynb (preset {preset}, data {data})", flush=True)
         papermill.execute_notebook(str(root / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"),
                                    parameters={"PRESET": preset, "DATA": data,
-                                               **({"MODEL": model} if model and name[0] == "0" else {})},
+                                               **({"MODEL": model} if model and name[0] == "0" else {}),
+                                               **({"SET": overrides} if overrides else {})},
                                    cwd=str(root),
                                    kernel_name="python3", progress_bar=False)
         seconds[name] = round(time.time() - start, 1)
@@ -60,9 +65,18 @@ def main() -> int:
     parser.add_argument("--data", default="dataset")
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 0 1 2")
     parser.add_argument("--model", default="", help="a hub id instead of the preset's base model")
+    parser.add_argument("--set", default="", dest="overrides",
+                        help='config overrides, "stage.field=value ...", e.g. "ppo.lora_rank=8 actor.epochs=1"')
     args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from rlhf.config import ConfigError
+    from rlhf.overrides import check_overrides
+    try:
+        check_overrides(args.overrides, args.preset)  # before anything runs
+    except ConfigError as err:
+        parser.error(str(err))
     start = time.time()
-    seconds = run_notebooks(ROOT, args.preset, args.data, args.only, model=args.model)
+    seconds = run_notebooks(ROOT, args.preset, args.data, args.only, model=args.model, overrides=args.overrides)
     print(f"\nall notebooks: {time.time() - start:.0f} s {seconds}")
     (ROOT / "runs" / "timings.json").write_text(json.dumps(seconds, indent=2) + "\n")
     print_summary(ROOT)
