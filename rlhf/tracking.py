@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 
 from .config import ConfigError, TrackConfig
 from .runtime import RunLog
@@ -74,6 +75,8 @@ def open_log(stage: str, configs=(), track_cfg: TrackConfig | None = None, folde
 
     track_cfg = track_cfg or TrackConfig()
     names = resolve_report_to(track_cfg.report_to)
+    if int(os.environ.get("RANK", "0")) != 0:
+        names = []  # in a multi-process run, rank 0 logs (as RunLog and save_checkpoint)
     log = RunLog(folder, stage, trackers=make_trackers(names, stage, track_cfg) if names else ())
     if log.trackers:
         params = hyperparameters(configs)
