@@ -17,6 +17,11 @@ A thin facade over the `rlhf` package, where each piece lives in a short module:
   rlhf/checkpoint.py  atomic Hugging Face checkpoint folders, resumable training state
   rlhf/runtime.py     precision choice, out-of-memory back-off, seeds, cache, logging
   rlhf/colab.py       finding the project and setting up Colab (the notebooks' first cell)
+  rlhf/sources.py     DATA from files, save_to_disk folders or the Hub; rm-static/hh-rlhf layouts
+  rlhf/chat.py        rows rendered with a hub model's own chat template
+  rlhf/overrides.py   stage.field=value settings (the SET parameter) and command-line flags
+  rlhf/tracking.py    TensorBoard / wandb / trackio through accelerate's trackers
+  rlhf/cards.py       model cards in every checkpoint, push_to_hub
 
 The math modules are reached as modules (`util.ppo.gae`, `util.reward.pairwise_loss`,
 `util.rollout.score`), everything else by name.
@@ -24,6 +29,7 @@ The math modules are reached as modules (`util.ppo.gae`, `util.reward.pairwise_l
 import shutil
 
 from rlhf import ppo, reward, rollout, sft
+from rlhf.cards import push_to_hub
 from rlhf.cards import push_to_hub
 from rlhf.checkpoint import read_json, require_checkpoint, save_checkpoint
 from rlhf.config import config_table, make_config
@@ -36,8 +42,10 @@ from rlhf.models import (check_tokenizer_matches, count_parameters, get_base, ha
 from rlhf.ppo_loop import (Timer, make_optimizer, ppo_losses, ppo_update, prompt_batch,
                            rollout_stats, train_ppo)
 from rlhf.overrides import check_overrides, stage_overrides
+from rlhf.overrides import check_overrides, stage_overrides
 from rlhf.rollout import make_rollout
 from rlhf.runtime import RunLog, explain_precision, free_gpu_cache, seed_everything
+from rlhf.sources import load_data
 from rlhf.sources import load_data
 from rlhf.tasks import FLAW_NAMES, gold_breakdown, gold_flaws, gold_score
 from rlhf.train import fit, make_accelerator
@@ -76,6 +84,15 @@ def start(stage: str, preset: str = "auto", data_dir: str = "dataset", show=(), 
         print(f"mixed precision: {cfg.mixed_precision} -> {precision} ({why})")
     seed_everything(getattr(cfg, "seed", 0))
     return name, data_cfg, cfg
+
+
+def open_log(stage: str, configs=(), preset: str = "opt-125m", overrides: str = "") -> RunLog:
+    """The stage's RunLog under model/logs, with the experiment trackers TrackConfig.report_to
+    asks for (TensorBoard by default when installed; `tensorboard --logdir model/logs`)."""
+    from rlhf.tracking import open_log as open_tracked_log
+
+    track_cfg = make_config("track", preset, **stage_overrides(overrides, "track"))
+    return open_tracked_log(stage, configs, track_cfg, folder=stage_dir("logs"))
 
 
 def open_log(stage: str, configs=(), preset: str = "opt-125m", overrides: str = "") -> RunLog:

@@ -31,7 +31,7 @@ import random
 import re
 from pathlib import Path
 
-from .data import FIELDS, DataError, _check_row, load_dataset_dir
+from .data import DataError, _check_row, load_dataset_dir
 
 EVAL_SPLITS = ("test", "validation", "valid", "eval")
 LAYOUTS = ("auto", "rm-static", "hh-rlhf", "columns")
@@ -232,7 +232,3 @@ def load_data(cfg) -> tuple[list[dict], list[dict]]:
         return hold_out(train, cfg.eval_fraction, cfg.seed)
     return train, map_split(splits[eval_name], layout, cfg, where(eval_name), "eval")
 
-
-def describe(cfg, train: list, evals: list) -> str:
-    """One line: how many rows came from where."""
-    return f"data: {len(train)} train and {len(evals)} eval rows from {cfg.data_dir} ({', '.join(FIELDS)})"
