@@ -30,7 +30,6 @@ import shutil
 
 from rlhf import ppo, reward, rollout, sft
 from rlhf.cards import push_to_hub
-from rlhf.cards import push_to_hub
 from rlhf.checkpoint import read_json, require_checkpoint, save_checkpoint
 from rlhf.config import config_table, make_config
 from rlhf.data import (collate_pairs, collate_prompts, collate_sft, encode_pairs, encode_prompts,
@@ -42,10 +41,8 @@ from rlhf.models import (check_tokenizer_matches, count_parameters, get_base, ha
 from rlhf.ppo_loop import (Timer, make_optimizer, ppo_losses, ppo_update, prompt_batch,
                            rollout_stats, train_ppo)
 from rlhf.overrides import check_overrides, stage_overrides
-from rlhf.overrides import check_overrides, stage_overrides
 from rlhf.rollout import make_rollout
 from rlhf.runtime import RunLog, explain_precision, free_gpu_cache, seed_everything
-from rlhf.sources import load_data
 from rlhf.sources import load_data
 from rlhf.tasks import FLAW_NAMES, gold_breakdown, gold_flaws, gold_score
 from rlhf.train import fit, make_accelerator
@@ -84,15 +81,6 @@ def start(stage: str, preset: str = "auto", data_dir: str = "dataset", show=(), 
         print(f"mixed precision: {cfg.mixed_precision} -> {precision} ({why})")
     seed_everything(getattr(cfg, "seed", 0))
     return name, data_cfg, cfg
-
-
-def open_log(stage: str, configs=(), preset: str = "opt-125m", overrides: str = "") -> RunLog:
-    """The stage's RunLog under model/logs, with the experiment trackers TrackConfig.report_to
-    asks for (TensorBoard by default when installed; `tensorboard --logdir model/logs`)."""
-    from rlhf.tracking import open_log as open_tracked_log
-
-    track_cfg = make_config("track", preset, **stage_overrides(overrides, "track"))
-    return open_tracked_log(stage, configs, track_cfg, folder=stage_dir("logs"))
 
 
 def open_log(stage: str, configs=(), preset: str = "opt-125m", overrides: str = "") -> RunLog:
