@@ -404,7 +404,7 @@ display(token_frame(0, **{"ratio after": (after - logprobs).exp() * mask}))
 
 # %%
 actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg, accelerator.device)
-loop_iterations = 3
+loop_iterations = min(3, cfg.iterations)
 
 # %% tags=["ppo-loop"]
 accelerator = util.make_accelerator(cfg.mixed_precision)
