@@ -39,9 +39,10 @@ _LAST_ASSISTANT = re.compile(r"(?s)^(.*\bAssistant:)(.*)$")  # greedy: the final
 
 
 def builtin_folder(data_dir) -> bool:
-    """The project's own format: a folder with train.json and eval.json."""
+    """The project's own format: a folder with train.json and eval.json (one of them is enough to
+    be read as such, so that a missing one is named rather than replaced by a held-out split)."""
     folder = Path(data_dir)
-    return (folder / "train.json").is_file() and (folder / "eval.json").is_file()
+    return (folder / "train.json").is_file() or (folder / "eval.json").is_file()
 
 
 def _builder(path: Path) -> str:

@@ -63,6 +63,7 @@ def make_trackers(names, stage: str, track_cfg: TrackConfig):
             tracker = cls(stage, track_cfg.logging_dir)
         else:  # wandb and trackio take the project as their run name, the stage as the run
             tracker = cls(track_cfg.project, name=stage)
+        tracker.main_process_only = False  # open_log makes them on rank 0 only
         if hasattr(tracker, "start"):
             tracker.start()
         trackers.append(tracker)
@@ -75,6 +76,10 @@ def open_log(stage: str, configs=(), track_cfg: TrackConfig | None = None, folde
 
     track_cfg = track_cfg or TrackConfig()
     names = resolve_report_to(track_cfg.report_to)
+    if names:  # accelerate's trackers log through its state: set it up on every rank, together
+        from accelerate import PartialState
+
+        PartialState()
     if int(os.environ.get("RANK", "0")) != 0:
         names = []  # in a multi-process run, rank 0 logs (as RunLog and save_checkpoint)
     log = RunLog(folder, stage, trackers=make_trackers(names, stage, track_cfg) if names else ())
