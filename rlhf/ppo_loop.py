@@ -19,7 +19,9 @@ from . import faults, ppo
 from .reward import TokenScorer
 from .rollout import make_rollout, response_logits, response_values
 from .runtime import halve_on_oom
-from .train import is_overflow
+from .train import (adamw, all_processes, enable_gradient_checkpointing, is_overflow, loss_scale,
+                    make_accelerator, mean_over_processes, restore_scaler, scaler_state,
+                    sum_over_processes)
 
 
 class Timer:
@@ -62,8 +64,6 @@ def accumulate_gradients(actor, critic, mb, P, cfg, accelerator, micro: int, tok
     average divides out: the gradients add up to the unsplit ones. Gradients are all-reduced
     once, on the last chunk (`no_sync` on the others).
     """
-    from .train import all_processes
-
     starts = range(0, mb["mask"].shape[0], micro)
     totals, finite = defaultdict(float), True
     for start in starts:
@@ -94,8 +94,6 @@ def update_step(actor, critic, mb, P, cfg, optimizer, accelerator, micro: int, l
     its scale; without a scaler, a non-finite gradient skips the step here. stats is empty when
     the step failed for another reason than an fp16 overflow (a non-finite loss, say).
     """
-    from .train import sum_over_processes
-
     tokens = sum_over_processes(accelerator, float(mb["mask"].sum()))  # once, outside the retries
 
     def attempt(micro):
@@ -171,8 +169,6 @@ def make_optimizer(actor, critic, cfg):
     """
     from torch.optim.lr_scheduler import LambdaLR
 
-    from .train import adamw
-
     trainable = lambda model: [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw([{"params": trainable(actor), "lr": cfg.actor_lr},
                        {"params": trainable(critic), "lr": cfg.critic_lr}], cfg.actor_lr, eps=1e-5)
@@ -198,7 +194,6 @@ def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, optimizer,
     fitted in memory from one iteration to the next; out-of-memory errors halve them.
     """
     from .data import collate_prompts
-    from .train import loss_scale, mean_over_processes
 
     sizes = {} if sizes is None else sizes
     actor, reference, reward_model, critic = models
@@ -259,7 +254,6 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge
     from tqdm.auto import tqdm
 
     from .checkpoint import gather_rng_states
-    from .train import enable_gradient_checkpointing, make_accelerator, restore_scaler, scaler_state
 
     accelerator = make_accelerator(cfg.mixed_precision)
     world = accelerator.num_processes
