@@ -27,7 +27,7 @@ PRESET = "auto"     # "auto", "tiny", "ci", "opt-125m" or "smollm2-135m" (a real
 DATA = "dataset"    # train.json + eval.json folder, a JSON/JSONL/parquet file or folder, or a Hub dataset id
 MODEL = ""          # a hub id instead of the preset's base model, e.g. "facebook/opt-350m"
 SET = ""            # any config field, as space-separated stage.field assignments (README, Settings)
-PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
+PROJECT_SEARCH = ""  # folders to look below for the project, colon-separated; empty means cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
 # %% cellView="form"

@@ -31,7 +31,7 @@
 PRESET = "auto"
 DATA = "dataset"
 SET = ""            # any config field, as space-separated stage.field assignments (README, Settings)
-PROJECT_SEARCH = ""  # folders to look below for the project, ":"-separated; "" = cwd, /content, MyDrive
+PROJECT_SEARCH = ""  # folders to look below for the project, colon-separated; empty means cwd, /content, MyDrive
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
 # %% cellView="form"
