@@ -215,7 +215,7 @@ def resolve_preset(preset: str = "auto", base_dir="model/base", decide_anew: boo
         return json.loads(recorded.read_text())["preset"], f"recorded by 0_download.ipynb in {recorded}"
     if not has_gpu():
         return "tiny", ("no GPU: the offline tiny model trains in minutes on a CPU; PRESET=smollm2-135m "
-                        "trains a real pretrained model (SmolLM2-135M-Instruct) in about half an hour")
+                        "trains a real pretrained model (SmolLM2-135M-Instruct), slower: README, Results")
     ok, why = hub_reachable(timeout_s)
     if not ok:
         return "tiny", f"a GPU but no model hub ({why})"
