@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import nbformat
+import papermill
 import pytest
 from papermill.translators import PythonTranslator
 
@@ -13,6 +14,7 @@ from conftest import NOTEBOOKS, ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
 import build_notebooks  # noqa: E402
+import run_pipeline  # noqa: E402
 
 
 def test_every_notebook_equals_its_source():
@@ -85,3 +87,14 @@ def test_papermill_parses_every_line_of_the_parameters_cell(name, caplog):
         parsed = [p.name for p in PythonTranslator.inspect(cell)]
     assert parsed == assignments and "PRESET" in parsed
     assert "Unable to parse" not in caplog.text
+
+
+def test_make_runs_kernels_start_without_the_tcp_encryption_warning(tmp_path, capfd):
+    """ipykernel 7.3+ warns on stderr, at every notebook, when its TCP sockets have no CurveZMQ
+    keys; run_pipeline's kernel manager provisions them, so a new user sees no such line."""
+    source = tmp_path / "two.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), source)
+    out = papermill.execute_notebook(str(source), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                     progress_bar=False, kernel_manager_class=run_pipeline.CurveKernelManager)
+    assert out.cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err

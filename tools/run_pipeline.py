@@ -17,8 +17,20 @@ import sys
 import time
 from pathlib import Path
 
+import zmq
+from jupyter_client.manager import AsyncKernelManager
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["0_download", "1_actor", "2_critic", "3_rlhf", "4_test"]
+
+
+class CurveKernelManager(AsyncKernelManager):
+    """A kernel manager that hands the kernel CurveZMQ keys where pyzmq supports them: ipykernel
+    7.3+ otherwise prints "Kernel is running over TCP without encryption" at every notebook."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.transport_encryption = "auto" if zmq.has("curve") else "disabled"
 
 
 def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path | None = None,
@@ -39,7 +51,8 @@ def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path |
                                                **({"MODEL": model} if model and name[0] == "0" else {}),
                                                **({"SET": overrides} if overrides else {})},
                                    cwd=str(root),
-                                   kernel_name="python3", progress_bar=False)
+                                   kernel_name="python3", progress_bar=False,
+                                   kernel_manager_class=CurveKernelManager)
         seconds[name] = round(time.time() - start, 1)
         print(f"   done in {seconds[name]} s -> {out_dir / (name + '.ipynb')}", flush=True)
     return seconds
