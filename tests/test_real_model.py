@@ -126,16 +126,21 @@ def test_one_ppo_iteration_with_the_preset_settings(stage_dirs):
     tokenizer = models.load_tokenizer(actor_dir)
     cfg = make_config("ppo", PRESET, iterations=1, rollout_batch=4, minibatch=4, ppo_epochs=1,
                       max_new_tokens=8, log_samples_every=1)
-    assert cfg.lora_rank == PRESETS[PRESET]["ppo"]["lora_rank"] > 0
+    assert cfg.lora_rank == PRESETS[PRESET]["ppo"]["lora_rank"] > 0 and cfg.critic_lora_rank > 0
     four = util.load_ppo_models(actor_dir, critic_dir, cfg)
     before = {n: p.detach().clone() for n, p in four[0].named_parameters() if p.requires_grad}
+    critic_before = {n: p.detach().clone() for n, p in four[3].named_parameters()}
     prompts = util.encode_prompts(ROWS, tokenizer, 64)
-    actor, _, history, samples = util.train_ppo(four, tokenizer, prompts, cfg, {"mean": 0.0, "std": 1.0},
+    actor, critic, history, samples = util.train_ppo(four, tokenizer, prompts, cfg, {"mean": 0.0, "std": 1.0},
                                                 log=lambda *a: None, progress=False)
     row = history[0]
     assert row["ratio_mean"] == pytest.approx(1.0, abs=0.05) and torch.isfinite(torch.tensor(row["kl"]))
     moved = [n for n, p in actor.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert moved and all("lora_" in n for n in moved)  # LoRA adapters trained, the base frozen
+    critic_moved = [n for n, p in critic.named_parameters()
+                    if n in critic_before and not torch.equal(p, critic_before[n])]
+    assert any("lora_" in n for n in critic_moved) and any("score" in n for n in critic_moved)
+    assert all("lora_" in n or "score" in n for n in critic_moved)  # the critic: adapters and its head
     assert samples and isinstance(samples[0]["response"], str)
 
 
