@@ -122,7 +122,8 @@ def per_sequence_weights(mask):
     mean, so a long answer counts as much as a short one. An empty row gets weight 0.
     """
     lengths = masked_sum(torch.ones_like(mask), mask, dim=-1)             # (N,)
-    return lengths.sum() / (mask.shape[0] * lengths.clamp(min=1))         # (N,)
+    weights = lengths.sum() / (mask.shape[0] * lengths.clamp(min=1))      # (N,)
+    return torch.where(lengths > 0, weights, torch.zeros_like(weights))
 
 
 @full_precision
