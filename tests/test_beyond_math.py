@@ -193,6 +193,9 @@ def test_grpo_advantages_of_a_group_with_equal_scores_are_zero():
     scores = torch.tensor([[0.1, 0.1, 0.1], [0.7, 0.7, 0.7], [1.0, 2.0, 4.0]])
     advantages = beyond.grpo_advantages(scores)
     assert (advantages[:2] == 0).all() and (advantages[2] != 0).all()
+    ties = torch.full((1, 7), 0.1)                                        # float32 mean of seven 0.1s is off by 7e-9
+    assert (ties - ties.mean(1, keepdim=True)).abs().max() > 0
+    assert (beyond.grpo_advantages(ties) == 0).all()                      # not 7e-9 / eps = 7e-5
 
 
 @pytest.mark.parametrize("k", [2, 4, 7])
