@@ -29,8 +29,19 @@ class TokenScorer(torch.nn.Module):
         model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=position_ids_from_mask(attention_mask),
-                                  use_cache=False).last_hidden_state
-        return model.score(hidden).squeeze(-1).float()  # (B, T)
+                                  use_cache=False).last_hidden_state          # (B, T, H)
+        return linear_head(hidden, model.score.weight, model.score.bias).squeeze(-1)  # (B, T)
+
+
+@full_precision
+def linear_head(hidden, weight, bias=None):
+    """The scalar head, hidden @ weight.T + bias, in float32 under any autocast.  (B, T, 1)
+
+    Under bf16 autocast a linear layer rounds its output to bf16: a score of -6 would land on a
+    grid of 1/32, values and rewards with it. Here the hidden states and the head's weights are
+    cast to float32 first (a peft wrapper of the head hands over its active copy's weights).
+    """
+    return F.linear(hidden, weight, bias)                                   # (B, T, 1)
 
 
 def token_scores(model, input_ids, attention_mask):
