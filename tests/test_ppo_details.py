@@ -52,8 +52,8 @@ def rollout_of(models, tokenizer, cfg, n=4, kl_coef=None, stats=STATS):
 
 def script_responses(monkeypatch, actor, responses):
     """Make actor.generate return `responses` (B, R) after the prompts instead of sampling."""
-    def fake_generate(input_ids, attention_mask, max_new_tokens, **kwargs):
-        return torch.cat([input_ids, responses[:, :max_new_tokens]], 1)
+    def fake_generate(input_ids, attention_mask, generation_config):
+        return torch.cat([input_ids, responses[:, :generation_config.max_new_tokens]], 1)
     monkeypatch.setattr(actor, "generate", fake_generate)
 
 
@@ -107,9 +107,11 @@ def test_rollouts_sample_with_pure_temperature_sampling(models, tiny_tokenizer, 
     cfg = make_config("ppo", "ci", max_new_tokens=5, temperature=0.7)
     rollout_of(models, tiny_tokenizer, cfg)
     (kwargs,) = calls
-    assert kwargs["do_sample"] is True and kwargs["top_k"] == 0 and kwargs["top_p"] == 1.0
-    assert kwargs["temperature"] == 0.7 and kwargs["max_new_tokens"] == 5
-    assert kwargs.get("num_beams", 1) == 1 and kwargs["eos_token_id"] == tiny_tokenizer.eos_token_id
+    config = kwargs["generation_config"]  # the only generation setting passed (test_heads.py: exactly pi / T)
+    assert config.do_sample is True and config.top_k == 0 and config.top_p == 1.0
+    assert config.temperature == 0.7 and config.max_new_tokens == 5
+    assert config.num_beams == 1 and config.eos_token_id == tiny_tokenizer.eos_token_id
+    assert set(kwargs) == {"input_ids", "attention_mask", "generation_config"}
 
 
 # ----------------------------------------------------------------------------- scores
