@@ -44,6 +44,25 @@ def linear_head(hidden, weight, bias=None):
     return F.linear(hidden, weight, bias)                                   # (B, T, 1)
 
 
+def fold_score_stats(model, mean: float, std: float):
+    """Normalise the reward model's score in its head, once: (s - mean) / std.
+
+    With s = w.h + b the head becomes (w / std).h + (b - mean) / std (a head without a bias gets
+    one). PPO does this to its reward model and to its critic, so the critic's first values are in
+    the units of the score it learns from: an offset c in V would shift the advantage of token t by
+    -c * lambda^(L-1-t), a bias for short answers. Returns the model, changed in place.
+    """
+    head = model.score
+    folded = torch.nn.Linear(head.in_features, head.out_features, bias=True,
+                             device=head.weight.device, dtype=head.weight.dtype)
+    bias = torch.zeros_like(folded.bias) if head.bias is None else head.bias
+    with torch.no_grad():
+        folded.weight.copy_(head.weight / std)                              # (1, H)
+        folded.bias.copy_((bias - mean) / std)                              # (1,)
+    model.score = folded
+    return model
+
+
 def token_scores(model, input_ids, attention_mask):
     """The scalar head applied at every position.  (B, T)"""
     scorer = model if isinstance(getattr(model, "module", model), TokenScorer) else TokenScorer(model)

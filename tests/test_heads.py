@@ -1,14 +1,20 @@
-"""The scalar heads in full precision: under bf16 autocast the reward model's and the critic's
-head still runs in float32 on float32 hidden states, so scores and values are not rounded to
-bf16's grid (1/32 between 4 and 8, where a raw reward model's scores lie)."""
+"""The heads and the sampling PPO relies on (issue 16): the reward model's and the critic's head
+run in float32 under bf16 autocast (not rounded to bf16's grid, 1/32 between 4 and 8, where a raw
+reward model's scores lie); generate samples from exactly pi / T whatever the model's own
+generation_config says; and the critic starts in the units of the normalised score."""
+import json
+
 import pytest
 import torch
 from peft import get_peft_model
+from transformers import AutoModelForSequenceClassification
 
+from rlhf import ppo
+from rlhf.config import make_config
 from rlhf.generation import generate, position_ids_from_mask
-from rlhf.models import lora_config
-from rlhf.reward import token_scores
-from test_ppo_details import make_models
+from rlhf.models import load_ppo_models, lora_config
+from rlhf.reward import sequence_scores, token_scores
+from test_ppo_details import make_models, rollout_of
 
 
 def raw_rm_sized(reward_model, scale: float = 6.0):
@@ -92,3 +98,61 @@ def test_generate_refuses_a_processor_only_none_switches_off(tiny_tokenizer):
     ids = torch.tensor([[1, 5, 6, 7]])
     with pytest.raises(ValueError, match="bad_words_ids"):
         generate(actor, ids, torch.ones_like(ids), tiny_tokenizer, 4, True, 1.0)
+
+
+# ----------------------------------------------------------------------------- the critic in the score's units
+
+MEAN, STD = -6.0, 3.0  # a trained reward model's SFT statistics: raw scores far from 0
+
+
+def saved_models(tokenizer, folder):
+    """actor and a reward model scoring about MEAN everywhere, saved as stages 1 and 2 save them."""
+    actor, _, reward_model, _ = make_models(tokenizer)
+    w, norm = reward_model.score.weight[0], reward_model.base_model.decoder.final_layer_norm     # (H,)
+    with torch.no_grad():  # the hidden state nearly constant, at MEAN along w (OPT's head has no bias)
+        norm.weight.mul_(0.01)
+        norm.bias.copy_(MEAN * w / w.dot(w))
+    actor.save_pretrained(folder / "actor")
+    reward_model.save_pretrained(folder / "critic")
+    (folder / "critic" / "reward_stats.json").write_text(json.dumps({"mean": MEAN, "std": STD}))
+    return folder / "actor", folder / "critic"
+
+
+def test_load_ppo_models_folds_the_statistics_into_both_heads(tiny_tokenizer, tmp_path):  # [15, 21]
+    actor_dir, critic_dir = saved_models(tiny_tokenizer, tmp_path)
+    raw = AutoModelForSequenceClassification.from_pretrained(critic_dir).eval()
+    ids, mask = batch(tiny_tokenizer)
+    _, _, reward_model, critic = load_ppo_models(actor_dir, critic_dir, make_config("ppo", "ci"))
+    with torch.no_grad():
+        expected = (sequence_scores(raw, ids, mask) - MEAN) / STD                          # (B,)
+        torch.testing.assert_close(sequence_scores(reward_model, ids, mask), expected)
+        torch.testing.assert_close(sequence_scores(critic, ids, mask), expected)
+    _, _, reward_model, critic = load_ppo_models(actor_dir, critic_dir, make_config("ppo", "ci", normalize_score=False))
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_scores(reward_model, ids, mask), sequence_scores(raw, ids, mask))
+
+
+def first_rollout(models, tokenizer):
+    """A rollout of the policy = reference (KL 0) whose normalised score is about 0."""
+    cfg = make_config("ppo", "ci", max_new_tokens=6, missing_eos_penalty=0.0)
+    rollout = rollout_of(models, tokenizer, cfg, kl_coef=0.0)
+    value_loss, _ = ppo.value_loss(rollout.values, rollout.values, rollout.returns, rollout.mask, cfg.clip_value)
+    return rollout, rollout.returns - rollout.values, float(value_loss)  # GAE advantages before whitening
+
+
+def test_critic_starts_in_the_units_of_the_score(tiny_tokenizer, tmp_path):  # [15, 18, 21]
+    actor_dir, critic_dir = saved_models(tiny_tokenizer, tmp_path)
+    actor, reference, reward_model, critic = load_ppo_models(actor_dir, critic_dir, make_config("ppo", "ci"))
+    torch.manual_seed(0)
+    rollout, advantages, value_loss = first_rollout((actor, reference, reward_model, critic), tiny_tokenizer)
+    assert rollout.scores.abs().max() < 0.05 and rollout.rewards.abs().max() < 0.05  # zero reward, zero KL
+    # no end-of-answer offset: nothing to learn, so no advantage and no value loss
+    assert advantages.mul(rollout.mask).abs().max() < 0.05 and value_loss < 1e-3
+    # the old critic, the reward model in raw units: V = MEAN + v shifts token t by -MEAN * lambda^(L-1-t)
+    raw_critic = AutoModelForSequenceClassification.from_pretrained(critic_dir).eval()
+    torch.manual_seed(0)
+    rollout, advantages, raw_loss = first_rollout((actor, reference, reward_model, raw_critic), tiny_tokenizer)
+    last = rollout.mask.sum(1).long() - 1                                                  # (B,)
+    torch.testing.assert_close(advantages.gather(1, last[:, None]).squeeze(1), torch.full_like(last, -MEAN, dtype=torch.float),
+                               atol=0.05, rtol=0)
+    assert raw_loss > 10

@@ -130,7 +130,7 @@ def test_one_ppo_iteration_with_the_preset_settings(stage_dirs):
     four = util.load_ppo_models(actor_dir, critic_dir, cfg)
     before = {n: p.detach().clone() for n, p in four[0].named_parameters() if p.requires_grad}
     prompts = util.encode_prompts(ROWS, tokenizer, 64)
-    actor, _, history, samples = util.train_ppo(four, tokenizer, prompts, cfg, {"mean": 0.0, "std": 1.0},
+    actor, _, history, samples = util.train_ppo(four, tokenizer, prompts, cfg,
                                                 log=lambda *a: None, progress=False)
     row = history[0]
     assert row["ratio_mean"] == pytest.approx(1.0, abs=0.05) and torch.isfinite(torch.tensor(row["kl"]))
