@@ -254,8 +254,7 @@ rows = util.split_rows(train_rows, data_cfg.split, data_cfg.seed)["rlhf"]
 prompt_texts = [r["prompt"] for r in rows]
 prompt_ids = util.encode_prompts(rows, tokenizer, data_cfg.max_prompt_length)
 judge = util.gold_judge_for(prompt_texts)
-print(f"{len(prompt_ids)} PPO prompts; reward statistics of SFT answers (folded into the reward model's "
-      f"and the critic's heads): mean {reward_stats['mean']:.3f}, "
+print(f"{len(prompt_ids)} PPO prompts; reward statistics of SFT answers: mean {reward_stats['mean']:.3f}, "
       f"std {reward_stats['std']:.3f}; gold judge: {'yes' if judge else 'no (not the built-in tasks)'}")
 
 # %% [markdown]
