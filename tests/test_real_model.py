@@ -117,7 +117,8 @@ def stage_dirs(base, tmp_path_factory):
     critic_dir = tmp_path_factory.mktemp("smollm2") / "critic"
     critic = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
     critic.config.pad_token_id = tokenizer.pad_token_id
-    util.save_checkpoint(critic_dir, critic, tokenizer)
+    # stage 2's statistics of SFT answers, which load_ppo_models folds into the score heads
+    util.save_checkpoint(critic_dir, critic, tokenizer, files={"reward_stats.json": {"mean": 0.0, "std": 1.0}})
     return folder, critic_dir
 
 
