@@ -114,11 +114,12 @@ def ppo_loop(per_device, out, **overrides):
                                       "rollout_batch": per_device, "minibatch": per_device,
                                       "mixed_precision": PRECISION, **overrides})
     rank = Accelerator(cpu=True).process_index
+    critic = copy.deepcopy(reward_model)
     if nan_rank == rank:  # this rank's reward model scores NaN, as if its statistics were NaN
         reward.fold_score_stats(reward_model, float("nan"), 1.0)
     prompts = [s[:4] for s in sequences(16, 6, 4)]
     resume_dir = out / "resume" if cfg.checkpoint_every else None
-    actor, _, history, _ = train_ppo((actor, copy.deepcopy(actor).eval(), reward_model, copy.deepcopy(reward_model)),
+    actor, _, history, _ = train_ppo((actor, copy.deepcopy(actor).eval(), reward_model, critic),
                                      Tok(), prompts, cfg, log=lambda m: None, progress=False,
                                      resume_dir=resume_dir)
     (out / f"history-{rank}.json").write_text(json.dumps(history))
