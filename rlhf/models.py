@@ -239,8 +239,9 @@ def load_ppo_models(actor_dir, critic_dir, cfg, device=None):
     actor and reference come from `actor_dir` (SFT), reward and critic from `critic_dir` (the
     reward model). With cfg.normalize_score, both score in normalised units: stage 2's statistics
     of SFT answers (reward_stats.json) folded into their heads (rlhf.reward.fold_score_stats), so
-    the critic starts in the units of the score it learns from. With cfg.lora_rank > 0 the actor trains LoRA adapters only and the reference is
-    None: the same network with its adapters switched off, no second copy in memory. With
+    the critic starts in the units of the score it learns from. With cfg.lora_rank > 0 the actor
+    trains LoRA adapters only and the reference is None: the same network with its adapters
+    switched off, no second copy in memory. With
     cfg.critic_lora_rank > 0 the critic trains adapters and, in full, its value head ("score").
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
