@@ -86,7 +86,7 @@ def ppo_row(st, precision):
     models = tuple(disable_dropout(m) for m in ppo_models(st.shape, st.seed))
     tokenizer = make_tokenizer(SHAPES[st.shape]["vocab_size"])
     (_, _, history, _), seconds, peak = measured(lambda: train_ppo(
-        models, tokenizer, ppo_prompts(st), cfg, {"mean": 0.0, "std": 1.0}, log=lambda m: None, progress=False))
+        models, tokenizer, ppo_prompts(st), cfg, log=lambda m: None, progress=False))
     tokens = sum(st.prompts * (st.prompt_len + row["response_length"]) for row in history)
     losses = [row.get(k, float("nan")) for row in history for k in ("policy_loss", "value_loss")]
     return {"stage": "ppo", "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_gpu_mib": peak,

@@ -112,7 +112,7 @@ def bench_ppo(st):
     tokenizer = make_tokenizer(SHAPES[st.shape]["vocab_size"])
     log = IterationLog()
     log.clock.start()
-    train_ppo(models, tokenizer, ppo_prompts(st), cfg, {"mean": 0.0, "std": 1.0}, log=log,
+    train_ppo(models, tokenizer, ppo_prompts(st), cfg, log=log,
               progress=False)
     timed = log.records[st.warmup:]
     phases = {p: [r[f"time_{p}"] for r in timed] for p in ("generate", "score", "train")}

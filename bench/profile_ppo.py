@@ -80,7 +80,7 @@ def main():
     models = tuple(disable_dropout(m) for m in ppo_models(st.shape, st.seed))
     log = ProfiledLog(args.ops)
     train_ppo(models, make_tokenizer(SHAPES[st.shape]["vocab_size"]), ppo_prompts(st), cfg,
-              {"mean": 0.0, "std": 1.0}, log=log, progress=False)
+              log=log, progress=False)
 
     rec = log.records[1]
     total = sum(rec[f"time_{p}"] for p in ("generate", "score", "train"))

@@ -300,13 +300,16 @@ print("responses:", tuple(responses.shape), "(B, R) | query_responses:", tuple(q
 # **d · Three passes, e · the score.** The actor and the reference give the log-probability of
 # every sampled token (position t − 1 predicts token t, at temperature T); the critic gives a
 # value at every position; the reward model scores each answer at its last token, then the score
-# is normalised, penalised without EOS, and clipped (`util.rollout.score`). Before the first
-# update the actor *is* the reference, so the KL is exactly 0.
+# is penalised without EOS and clipped (`util.rollout.score`). It is normalised already: loading
+# the models folded stage 2's statistics of SFT answers into the reward model's head,
+# (w·h + b − mean) / std (`util.reward.fold_score_stats`). Before the first update the actor *is*
+# the reference, so the KL is exactly 0.
 #
 # > **d · 三次前向；e · 打分。** actor 和 reference 给出每个采样 token 的 log 概率（位置 t − 1 预测
 # > token t，温度为 T）；critic 在每个位置给出价值；奖励模型在每条回答的最后一个 token 上打分，然后
-# > 归一化、对没有 EOS 的回答扣分并裁剪（`util.rollout.score`）。第一次更新之前 actor 就是 reference，
-# > 所以 KL 正好是 0。
+# > 对没有 EOS 的回答扣分并裁剪（`util.rollout.score`）。分数已经是归一化的：加载模型时把第二阶段在 SFT
+# > 回答上的统计量折进了奖励模型的输出头，(w·h + b − mean) / std（`util.reward.fold_score_stats`）。
+# > 第一次更新之前 actor 就是 reference，所以 KL 正好是 0。
 
 # %%
 with torch.no_grad(), accelerator.autocast():
@@ -317,12 +320,12 @@ with torch.no_grad(), accelerator.autocast():
                                                    P, cfg.temperature)                  # (B, R)
     values = util.rollout.response_values(critic, query_responses, attention_mask, P)   # (B, R)
     raw_scores, scores = util.rollout.score(reward_model, query_responses, attention_mask, has_eos,
-                                            cfg, reward_stats)                          # (B,), (B,)
+                                            cfg)                                        # (B,), (B,)
 print("logits", tuple(logits.shape), "| logprobs, ref_logprobs, values", tuple(logprobs.shape))
 print("KL per answer:", ppo.kl_per_token(logprobs, ref_logprobs, mask).sum(1).tolist())
 for prompt, text, eos, raw, s in zip(prompt_texts, texts, has_eos.tolist(), raw_scores.tolist(), scores.tolist()):
     gold = f" | gold {judge(prompt, text, eos):.2f}" if judge else ""
-    print(f"raw score {raw:6.2f} -> normalised {s:5.2f}{gold} | {text!r}")
+    print(f"reward model {raw:6.2f} -> after EOS penalty and clip {s:5.2f}{gold} | {text!r}")
 
 # %% [markdown]
 # **f · Rewards, advantages, whitening, and one answer token by token.** Every number PPO learns
@@ -330,16 +333,16 @@ for prompt, text, eos, raw, s in zip(prompt_texts, texts, has_eos.tolist(), raw_
 # (the score lands on the last token), the critic's value, the GAE advantage, the same whitened
 # over the batch's valid tokens, and the return the critic will regress on. The last two rows are
 # past the EOS: the critic still output values there, and nothing uses them. The critic starts as
-# a copy of the reward model, whose raw scores sit on another scale than the normalised score
-# (see e above), so its first values are far off and the first value losses are large; they fall
-# within a few iterations (part 3).
+# the reward model with the same statistics folded into its head, so its values are in the units
+# of the normalised score from the first iteration: a constant offset c in the values would shift
+# every advantage by −c·λ^(L−1−t) and favour short (or long) answers.
 #
 # > **f · 奖励、优势、白化，以及一条回答的逐 token 数值。** 第一条回答上 PPO 学习用到的每个数：两个
 # > log 概率及其给出的 KL 项（目前为 0）、奖励（分数落在最后一个 token 上）、critic 的价值、GAE 优势、
 # > 在整批有效 token 上白化后的优势，以及 critic 要回归的回报。最后两行在 EOS 之后：critic 在那里仍有
-# > 输出，但没有任何地方用到它们。critic 最初是奖励模型的副本，而奖励模型的原始分数与归一化后的分数不在
-# > 同一尺度上（见上面 e），所以它一开始的价值偏差很大，最初几次的价值损失也很大；几次迭代后就会降下来
-# > （第三部分）。
+# > 输出，但没有任何地方用到它们。critic 最初就是奖励模型，输出头里折进了同样的统计量，所以从第一次迭代起
+# > 它的价值就和归一化后的分数同一尺度：价值里一个常数偏移 c 会让每个优势平移 −c·λ^(L−1−t)，偏向短（或长）
+# > 的回答。
 
 # %%
 rewards, non_score_rewards = ppo.compute_rewards(scores, logprobs, ref_logprobs, mask, cfg.kl_coef)
@@ -417,7 +420,7 @@ for it in range(loop_iterations):
     batch = util.collate_prompts(ids, tokenizer.pad_token_id, accelerator.device)
     with accelerator.autocast():  # the rollout in the update's precision: the first ratio is exactly 1
         rollout, _ = util.make_rollout((actor, reference, reward_model, critic), tokenizer, batch["input_ids"],
-                                       batch["attention_mask"], cfg, reward_stats, kl_coef, util.Timer())
+                                       batch["attention_mask"], cfg, kl_coef, util.Timer())
     update, skipped, _ = util.ppo_update(actor, critic, rollout, cfg, optimizer, accelerator,
                                          torch.Generator().manual_seed(cfg.seed * 1000 + it))
     schedule.step()  # the learning rates fall linearly to 0 over cfg.iterations
@@ -442,7 +445,7 @@ display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4))
 #
 # | number | meaning | healthy |
 # |---|---|---|
-# | `score` | reward model's raw score of the answers | rises |
+# | `score` | reward model's score of the answers, normalised in its head (0: an average SFT answer) | rises |
 # | `gold` | the gold judge's grade (notebook 0; never used for training) | rises with `score`; if `score` rises and `gold` does not, the policy is fooling the reward model |
 # | `rlhf_reward` | normalised score − β·KL, what PPO maximises | rises |
 # | `kl`, `kl_k3` | KL(π‖π_ref) summed over an answer, two estimators | starts at 0, grows slowly; a few nats. k1 may dip below 0 on a batch, k3 never |
@@ -468,7 +471,7 @@ display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4))
 actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg)
 log = util.open_log("rlhf", [cfg, data_cfg], preset, SET)  # every iteration's numbers, also to TensorBoard
 actor, critic, history, samples = util.train_ppo((actor, reference, reward_model, critic), tokenizer,
-                                                 prompt_ids, cfg, reward_stats, log=log, judge=judge,
+                                                 prompt_ids, cfg, log=log, judge=judge,
                                                  prompt_texts=prompt_texts, resume_dir=util.resume_dir("rlhf"))
 same = pd.DataFrame(history[:loop_iterations]).set_index("iteration")[KEYS]
 print("first iterations, runner minus notebook loop (all 0: the same numbers):")

@@ -2,6 +2,20 @@
 from __future__ import annotations
 
 import torch
+from transformers import GenerationConfig
+
+# Every logits processor and warper of transformers' generate, switched off. generate() fills each
+# field of a passed GenerationConfig that is None from the model's own generation_config (a Hub
+# model ships repetition_penalty, top_k, top_p, min_p, ...), so none may be left unset.
+NO_PROCESSORS = dict(
+    top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+    repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+    encoder_no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, suppress_tokens=[],
+    begin_suppress_tokens=[], guidance_scale=1.0, renormalize_logits=False, remove_invalid_values=False,
+    num_beams=1, num_return_sequences=1)
+# the processors that only None switches off: a model that sets one cannot sample from pi / T
+NONE_ONLY = ("bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id",
+             "exponential_decay_length_penalty", "watermarking_config", "top_h")
 
 
 def position_ids_from_mask(attention_mask):
@@ -15,14 +29,26 @@ def generate(model, input_ids, attention_mask, tokenizer, max_new_tokens: int,
     """Sample (or greedy-decode) continuations of left-padded prompts.
 
     input_ids, attention_mask: (B, P). Returns the response tokens (B, R), R <= max_new_tokens,
-    exactly as generated (pads after EOS). Sampling is pure: top_k 0, top_p 1.
+    exactly as generated (pads after EOS). Sampling is pure, from softmax(logits / T): none of the
+    model's own generation settings apply (`sampling_config`).
     """
-    kwargs = dict(do_sample=True, top_k=0, top_p=1.0, temperature=temperature) if do_sample \
-        else dict(do_sample=False)
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **kwargs)
+    config = sampling_config(model, tokenizer, max_new_tokens, do_sample, temperature)
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
     return out[:, input_ids.shape[1]:]  # (B, R)
+
+
+def sampling_config(model, tokenizer, max_new_tokens: int, do_sample: bool, temperature: float):
+    """The project's GenerationConfig: sample from exactly pi / T (or take the argmax), every
+    processor off (NO_PROCESSORS), whatever the model's generation_config says. Raises if that
+    config sets a processor that no value but None switches off (NONE_ONLY)."""
+    own = model.generation_config
+    set_by_model = [name for name in NONE_ONLY if getattr(own, name, None) is not None]
+    if set_by_model:
+        raise ValueError(f"the model's generation_config sets {set_by_model}: sampling would not be from "
+                         "the policy; set them to None in model.generation_config")
+    return GenerationConfig(do_sample=do_sample, temperature=temperature if do_sample else 1.0,
+                            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=tokenizer.eos_token_id, **NO_PROCESSORS)
 
 
 def decode_responses(responses, tokenizer):

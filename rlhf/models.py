@@ -14,8 +14,10 @@ from urllib.parse import urlparse
 
 import torch
 
+from .checkpoint import read_json
 from .config import BaseConfig
 from .pretrained import load_gguf, packaged_file
+from .reward import fold_score_stats
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
@@ -235,8 +237,11 @@ def load_ppo_models(actor_dir, critic_dir, cfg, device=None):
     (actor, reference, reward, critic).
 
     actor and reference come from `actor_dir` (SFT), reward and critic from `critic_dir` (the
-    reward model). With cfg.lora_rank > 0 the actor trains LoRA adapters only and the reference is
-    None: the same network with its adapters switched off, no second copy in memory. With
+    reward model). With cfg.normalize_score, both score in normalised units: stage 2's statistics
+    of SFT answers (reward_stats.json) folded into their heads (rlhf.reward.fold_score_stats), so
+    the critic starts in the units of the score it learns from. With cfg.lora_rank > 0 the actor
+    trains LoRA adapters only and the reference is None: the same network with its adapters
+    switched off, no second copy in memory. With
     cfg.critic_lora_rank > 0 the critic trains adapters and, in full, its value head ("score").
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -247,6 +252,10 @@ def load_ppo_models(actor_dir, critic_dir, cfg, device=None):
     actor, critic = load(AutoModelForCausalLM, actor_dir), load(AutoModelForSequenceClassification, critic_dir)
     reward_model = load(AutoModelForSequenceClassification, critic_dir).eval()
     reference = None if cfg.lora_rank else load(AutoModelForCausalLM, actor_dir).eval()
+    if cfg.normalize_score:
+        stats = read_json(Path(critic_dir) / "reward_stats.json")
+        for model in (reward_model, critic):
+            fold_score_stats(model, stats["mean"], stats["std"])
     if cfg.lora_rank or cfg.critic_lora_rank:
         from peft import get_peft_model
         if cfg.lora_rank:

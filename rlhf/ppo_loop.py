@@ -184,7 +184,7 @@ def prompt_batch(prompt_ids, batch: int, seed: int, iteration: int):
     return [prompt_ids[i] for i in order[index * batch:(index + 1) * batch].tolist()]
 
 
-def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, optimizer, accelerator, iteration,
+def ppo_iteration(models, tokenizer, ids, cfg, kl_coef, optimizer, accelerator, iteration,
                   sizes=None, log=print):
     """Rollout and update on one batch of prompt ids. Returns (rollout, stats).
 
@@ -202,7 +202,7 @@ def ppo_iteration(models, tokenizer, ids, cfg, reward_stats, kl_coef, optimizer,
     batch = {k: v.to(accelerator.device) for k, v in collate_prompts(ids, tokenizer.pad_token_id).items()}
     with accelerator.autocast():  # the same precision as the update, so the first ratio is 1
         rollout, sizes["chunk"] = make_rollout(plain, tokenizer, batch["input_ids"], batch["attention_mask"],
-                                               cfg, reward_stats, kl_coef, timer, sizes.get("chunk"), log)
+                                               cfg, kl_coef, timer, sizes.get("chunk"), log)
     stats = rollout_stats(rollout, kl_coef)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + iteration)
     with timer("train"):
@@ -242,11 +242,12 @@ def load_resume(resume_dir, actor, critic, optimizer, schedule, log, rank=0):
     return progress
 
 
-def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge=None,
+def train_ppo(models, tokenizer, prompt_ids, cfg, log=print, judge=None,
               prompt_texts=None, progress=True, resume_dir=None):
     """Run cfg.iterations of PPO. Returns (actor, critic, history, samples).
 
-    models: (actor, reference, reward, critic); reference None with LoRA. judge(prompt, text,
+    models: (actor, reference, reward, critic) as load_ppo_models gives them (scores already
+    normalised in the reward model's and critic's heads); reference None with LoRA. judge(prompt, text,
     ended) -> gold score, logged when given (built-in data only). With `resume_dir`, a resumable
     checkpoint is written every cfg.checkpoint_every iterations and a rerun continues from it.
     Stops with an error after cfg.max_bad_updates iterations in a row with no finite update.
@@ -281,7 +282,7 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, reward_stats, log=print, judge
         world, rank = accelerator.num_processes, accelerator.process_index
         ids = prompt_batch(prompt_ids, cfg.rollout_batch * world, cfg.seed, it)[rank::world]
         rollout, stats = ppo_iteration((actor, reference, reward_model, critic), tokenizer, ids, cfg,
-                                       reward_stats, state["kl_coef"], optimizer, accelerator, it,
+                                       state["kl_coef"], optimizer, accelerator, it,
                                        state["sizes"], log)
         schedule.step()
         record_iteration(state, rollout, stats, [text_of.get(tuple(i), "") for i in ids], tokenizer,

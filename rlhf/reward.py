@@ -29,8 +29,38 @@ class TokenScorer(torch.nn.Module):
         model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=position_ids_from_mask(attention_mask),
-                                  use_cache=False).last_hidden_state
-        return model.score(hidden).squeeze(-1).float()  # (B, T)
+                                  use_cache=False).last_hidden_state          # (B, T, H)
+        return linear_head(hidden, model.score.weight, model.score.bias).squeeze(-1)  # (B, T)
+
+
+@full_precision
+def linear_head(hidden, weight, bias=None):
+    """The scalar head, hidden @ weight.T + bias, in float32 under any autocast.  (B, T, 1)
+
+    Under bf16 autocast a linear layer rounds its output to bf16: a score of -6 would land on a
+    grid of 1/32, values and rewards with it. Here the hidden states and the head's weights are
+    cast to float32 first (a peft wrapper of the head hands over its active copy's weights).
+    """
+    return F.linear(hidden, weight, bias)                                   # (B, T, 1)
+
+
+def fold_score_stats(model, mean: float, std: float):
+    """Normalise the reward model's score in its head, once: (s - mean) / std.
+
+    With s = w.h + b the head becomes (w / std).h + (b - mean) / std (a head without a bias gets
+    one). PPO does this to its reward model and to its critic, so the critic's first values are in
+    the units of the score it learns from: an offset c in V would shift the advantage of token t by
+    -c * lambda^(L-1-t), a bias for short answers. Returns the model, changed in place.
+    """
+    head = model.score
+    folded = torch.nn.Linear(head.in_features, head.out_features, bias=True,
+                             device=head.weight.device, dtype=head.weight.dtype)
+    bias = torch.zeros_like(folded.bias) if head.bias is None else head.bias
+    with torch.no_grad():
+        folded.weight.copy_(head.weight / std)                              # (1, H)
+        folded.bias.copy_((bias - mean) / std)                              # (1,)
+    model.score = folded
+    return model
 
 
 def token_scores(model, input_ids, attention_mask):

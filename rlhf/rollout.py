@@ -1,7 +1,8 @@
 """Stage 3, part 1: the four models, and one rollout with everything PPO needs to learn from it.
 
 actor (trainable policy, from model/actor) · reference (frozen copy of the actor) ·
-reward (frozen, model/critic) · critic (trainable value model, initialised from the reward model).
+reward (frozen, model/critic) · critic (trainable value model, initialised from the reward model;
+both score in normalised units, rlhf.models.load_ppo_models).
 """
 from __future__ import annotations
 
@@ -65,8 +66,8 @@ class Rollout:
     ref_logprobs: torch.Tensor      # (B, R) log pi_ref of each token
     values: torch.Tensor            # (B, R) V_old
     entropy: torch.Tensor           # (B, R) entropy of pi_old where each token was drawn
-    raw_scores: torch.Tensor        # (B,) reward model's score
-    scores: torch.Tensor            # (B,) after the EOS penalty, normalisation and clipping
+    raw_scores: torch.Tensor        # (B,) reward model's score (normalised in its head by load_ppo_models)
+    scores: torch.Tensor            # (B,) after the EOS penalty and clipping
     rewards: torch.Tensor = None    # (B, R) -beta*KL per token + score at the last token
     non_score_rewards: torch.Tensor = None  # (B, R) the -beta*KL part alone
     advantages: torch.Tensor = None  # (B, R) whitened GAE advantages
@@ -105,19 +106,17 @@ def reference_logprobs(actor, reference, query_responses, attention_mask, P, tem
 
 
 @torch.no_grad()
-def score(reward_model, query_responses, attention_mask, has_eos, cfg, stats):
-    """The reward model's score at the last real token, then the EOS penalty, normalisation and
-    clipping. `stats` holds the SFT-sample mean and std saved by stage 2."""
+def score(reward_model, query_responses, attention_mask, has_eos, cfg):
+    """The reward model's score at the last real token, then the EOS penalty and clipping. The
+    normalisation is in the reward model's head already (load_ppo_models folds stage 2's SFT
+    statistics into it when cfg.normalize_score), so it is not applied here a second time."""
     raw = sequence_scores(reward_model, query_responses, attention_mask)      # (B,)
-    scores = raw
-    if cfg.normalize_score:
-        scores = (scores - stats["mean"]) / stats["std"]
-    scores = ppo.apply_missing_eos_penalty(scores, has_eos, cfg.missing_eos_penalty)
+    scores = ppo.apply_missing_eos_penalty(raw, has_eos, cfg.missing_eos_penalty)
     return raw, scores.clamp(-cfg.score_clip, cfg.score_clip)
 
 
 @torch.no_grad()
-def make_rollout(models, tokenizer, prompt_ids, prompt_mask, cfg, reward_stats, kl_coef, timer,
+def make_rollout(models, tokenizer, prompt_ids, prompt_mask, cfg, kl_coef, timer,
                  chunk=None, log=print):
     """Generate, evaluate with all four models, and compute rewards and advantages.
 
@@ -143,7 +142,7 @@ def make_rollout(models, tokenizer, prompt_ids, prompt_mask, cfg, reward_stats, 
         del logits  # the largest tensor of the rollout
         return (logprobs, entropy, reference_logprobs(actor, reference, qr[rows], am[rows], P, cfg.temperature),
                 response_values(critic, qr[rows], am[rows], P),              # (b, R)
-                *score(reward_model, qr[rows], am[rows], has_eos[rows], cfg, reward_stats))  # (b,), (b,)
+                *score(reward_model, qr[rows], am[rows], has_eos[rows], cfg))  # (b,), (b,)
     with timer("score"):
         parts, chunk = in_chunks(score_rows, B, chunk, log, "scoring chunk")
     logprobs, entropy, ref_logprobs, values, raw_scores, scores = (torch.cat(t) for t in zip(*parts))

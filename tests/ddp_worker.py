@@ -90,7 +90,7 @@ def run_ppo(per_device):
     batch = data.collate_prompts([s[:4] for s in sequences(8, 6, 4)], 0)
     torch.manual_seed(1)  # the same rollout in every process
     rollout, _ = make_rollout((actor, copy.deepcopy(actor).eval(), reward_model, critic), Tok(), batch["input_ids"],
-                           batch["attention_mask"], cfg, {"mean": 0.0, "std": 1.0}, cfg.kl_coef, Timer())
+                           batch["attention_mask"], cfg, cfg.kl_coef, Timer())
     accelerator = Accelerator(cpu=True)
     rows = torch.arange(8)[accelerator.process_index::accelerator.num_processes]
     mine = Rollout(**{k: (v[rows] if torch.is_tensor(v) else v) for k, v in vars(rollout).items()})
@@ -114,11 +114,13 @@ def ppo_loop(per_device, out, **overrides):
                                       "rollout_batch": per_device, "minibatch": per_device,
                                       "mixed_precision": PRECISION, **overrides})
     rank = Accelerator(cpu=True).process_index
-    stats = {"mean": float("nan") if nan_rank == rank else 0.0, "std": 1.0}
+    critic = copy.deepcopy(reward_model)
+    if nan_rank == rank:  # this rank's reward model scores NaN, as if its statistics were NaN
+        reward.fold_score_stats(reward_model, float("nan"), 1.0)
     prompts = [s[:4] for s in sequences(16, 6, 4)]
     resume_dir = out / "resume" if cfg.checkpoint_every else None
-    actor, _, history, _ = train_ppo((actor, copy.deepcopy(actor).eval(), reward_model, copy.deepcopy(reward_model)),
-                                     Tok(), prompts, cfg, stats, log=lambda m: None, progress=False,
+    actor, _, history, _ = train_ppo((actor, copy.deepcopy(actor).eval(), reward_model, critic),
+                                     Tok(), prompts, cfg, log=lambda m: None, progress=False,
                                      resume_dir=resume_dir)
     (out / f"history-{rank}.json").write_text(json.dumps(history))
     return actor

@@ -12,7 +12,7 @@ import torch
 from rlhf import checkpoint, config, data
 from rlhf.runtime import choose_precision, explain_precision, halve_on_oom
 from rlhf.train import fit, make_accelerator
-from test_gpu_path import STATS, four_models, overflow_on_first_call, prompt_ids, tiny_lm, toy_items
+from test_gpu_path import four_models, overflow_on_first_call, prompt_ids, tiny_lm, toy_items
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)")]
@@ -49,7 +49,7 @@ def test_ppo_on_the_gpu_trains_and_starts_at_ratio_one(tiny_tokenizer, precision
                              max_new_tokens=6, mixed_precision=precision)
     models = four_models(len(tiny_tokenizer))
     before = copy.deepcopy(models[0].state_dict())
-    actor, _, history, _ = train_ppo(models, tiny_tokenizer, prompt_ids(), cfg, STATS,
+    actor, _, history, _ = train_ppo(models, tiny_tokenizer, prompt_ids(), cfg,
                                      log=lambda m: None, progress=False)
     assert history[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert all("policy_loss" in row for row in history)

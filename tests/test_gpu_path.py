@@ -19,7 +19,6 @@ from rlhf.runtime import choose_precision
 from rlhf.sft import sft_loss_fn
 from rlhf.train import enable_gradient_checkpointing, fit, make_accelerator
 
-STATS = {"mean": 0.0, "std": 1.0}
 OOM = torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
 
@@ -53,7 +52,7 @@ def eos_likely(actor, bonus=3.0):
 def rollout_of(models, tokenizer, cfg, n=8, chunk=None, log=print):
     batch = data.collate_prompts(prompt_ids(n), tokenizer.pad_token_id)
     torch.manual_seed(3)
-    return make_rollout(models, tokenizer, batch["input_ids"], batch["attention_mask"], cfg, STATS,
+    return make_rollout(models, tokenizer, batch["input_ids"], batch["attention_mask"], cfg,
                         cfg.kl_coef, Timer(), chunk, log)
 
 
@@ -157,7 +156,7 @@ def test_three_ppo_iterations_in_fp16_update_and_start_at_ratio_one(tiny_tokeniz
                              max_new_tokens=6, mixed_precision="fp16")
     models = four_models(len(tiny_tokenizer))
     before = copy.deepcopy(models[0].state_dict())
-    actor, critic, history, _ = train_ppo(models, tiny_tokenizer, prompt_ids(), cfg, STATS,
+    actor, critic, history, _ = train_ppo(models, tiny_tokenizer, prompt_ids(), cfg,
                                           log=lambda m: None, progress=False)
     assert len(history) == 3
     for row in history:
@@ -369,7 +368,7 @@ def test_ppo_config_turns_gradient_checkpointing_on(tiny_tokenizer):
     cfg = config.make_config("ppo", "ci", iterations=1, ppo_epochs=1, rollout_batch=4, minibatch=4,
                              max_new_tokens=4, gradient_checkpointing=True)
     models = four_models(len(tiny_tokenizer))
-    train_ppo(models, tiny_tokenizer, prompt_ids(4), cfg, STATS, log=lambda m: None, progress=False)
+    train_ppo(models, tiny_tokenizer, prompt_ids(4), cfg, log=lambda m: None, progress=False)
     assert models[0].is_activation_checkpointing if hasattr(models[0], "is_activation_checkpointing") \
         else models[0].is_gradient_checkpointing
     layers = [m for m in models[3].modules() if hasattr(m, "gradient_checkpointing")]

@@ -36,6 +36,7 @@ def test_load_ppo_models(tiny_tokenizer, tmp_path, lora, critic_lora):
     actor, _, reward_model, _ = make_models(tiny_tokenizer)
     actor.save_pretrained(tmp_path / "actor")
     reward_model.save_pretrained(tmp_path / "critic")
+    (tmp_path / "critic" / "reward_stats.json").write_text('{"mean": 0.0, "std": 1.0}')
     cfg = make_config("ppo", "ci", lora_rank=lora, critic_lora_rank=critic_lora)
     actor, reference, reward, critic = load_ppo_models(tmp_path / "actor", tmp_path / "critic", cfg)
     dropouts = [m.p for model in (actor, reward, critic) for m in model.modules() if isinstance(m, torch.nn.Dropout)]

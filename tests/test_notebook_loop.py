@@ -8,7 +8,7 @@ import torch
 
 import util
 from conftest import ROOT
-from test_ppo_details import STATS, make_models, prompt_ids
+from test_ppo_details import make_models, prompt_ids
 
 
 def loop_cell() -> str:
@@ -22,7 +22,7 @@ def run_loop(tokenizer, cfg, ids, iterations):
     """The notebook's cell, executed with the names the notebook defines before it."""
     actor, reference, reward_model, critic = make_models(tokenizer)
     names = {"util": util, "torch": torch, "ppo": util.ppo, "cfg": cfg, "tokenizer": tokenizer,
-             "prompt_ids": ids, "reward_stats": STATS, "loop_iterations": iterations,
+             "prompt_ids": ids, "loop_iterations": iterations,
              "actor": actor, "reference": reference, "reward_model": reward_model, "critic": critic}
     exec(compile(loop_cell(), "notebooks/3_rlhf.py:ppo-loop", "exec"), names)
     return names["loop_history"], names["actor"], names["critic"]
@@ -37,7 +37,7 @@ def test_the_notebook_loop_gives_the_runners_first_iterations(tiny_tokenizer, ov
     ids = prompt_ids(tiny_tokenizer, 8)
     loop_history, loop_actor, loop_critic = run_loop(tiny_tokenizer, cfg, ids, cfg.iterations)
     torch.rand(5)  # the runner seeds itself: the caller's random state must not matter
-    actor, critic, history, _ = util.train_ppo(make_models(tiny_tokenizer), tiny_tokenizer, ids, cfg, STATS,
+    actor, critic, history, _ = util.train_ppo(make_models(tiny_tokenizer), tiny_tokenizer, ids, cfg,
                                                log=lambda message: None, progress=False)
     assert len(loop_history) == len(history) == cfg.iterations
     for mine, theirs in zip(loop_history, history):

@@ -17,10 +17,9 @@ from rlhf import ppo_loop
 from rlhf.config import make_config
 from rlhf.data import build_sequence, collate_pairs, collate_prompts, prompt_to_ids
 from rlhf.ppo_loop import Timer, make_optimizer, ppo_update, train_ppo
-from rlhf.reward import last_token_index, sequence_scores, token_scores
+from rlhf.reward import fold_score_stats, last_token_index, sequence_scores, token_scores
 from rlhf.rollout import disable_dropout, make_rollout, reference_logprobs, response_logits, score
 
-STATS = {"mean": 0.0, "std": 1.0}
 PROMPTS = ["Human: What is the capital of France? Assistant:", "Human: Thanks a lot! Assistant:",
            "Human: How do I boil an egg? Assistant:", "Human: Can you help me write a poem? Assistant:"]
 
@@ -44,16 +43,16 @@ def prompt_ids(tokenizer, n=4):
             for i in range(n)]
 
 
-def rollout_of(models, tokenizer, cfg, n=4, kl_coef=None, stats=STATS):
+def rollout_of(models, tokenizer, cfg, n=4, kl_coef=None):
     batch = collate_prompts(prompt_ids(tokenizer, n), tokenizer.pad_token_id)
-    return make_rollout(models, tokenizer, batch["input_ids"], batch["attention_mask"], cfg, stats,
+    return make_rollout(models, tokenizer, batch["input_ids"], batch["attention_mask"], cfg,
                         cfg.kl_coef if kl_coef is None else kl_coef, Timer())[0]
 
 
 def script_responses(monkeypatch, actor, responses):
     """Make actor.generate return `responses` (B, R) after the prompts instead of sampling."""
-    def fake_generate(input_ids, attention_mask, max_new_tokens, **kwargs):
-        return torch.cat([input_ids, responses[:, :max_new_tokens]], 1)
+    def fake_generate(input_ids, attention_mask, generation_config):
+        return torch.cat([input_ids, responses[:, :generation_config.max_new_tokens]], 1)
     monkeypatch.setattr(actor, "generate", fake_generate)
 
 
@@ -107,27 +106,29 @@ def test_rollouts_sample_with_pure_temperature_sampling(models, tiny_tokenizer, 
     cfg = make_config("ppo", "ci", max_new_tokens=5, temperature=0.7)
     rollout_of(models, tiny_tokenizer, cfg)
     (kwargs,) = calls
-    assert kwargs["do_sample"] is True and kwargs["top_k"] == 0 and kwargs["top_p"] == 1.0
-    assert kwargs["temperature"] == 0.7 and kwargs["max_new_tokens"] == 5
-    assert kwargs.get("num_beams", 1) == 1 and kwargs["eos_token_id"] == tiny_tokenizer.eos_token_id
+    config = kwargs["generation_config"]  # the only generation setting passed (test_heads.py: exactly pi / T)
+    assert config.do_sample is True and config.top_k == 0 and config.top_p == 1.0
+    assert config.temperature == 0.7 and config.max_new_tokens == 5
+    assert config.num_beams == 1 and config.eos_token_id == tiny_tokenizer.eos_token_id
+    assert set(kwargs) == {"input_ids", "attention_mask", "generation_config"}
 
 
 # ----------------------------------------------------------------------------- scores
 
 def test_missing_eos_costs_the_penalty_after_normalisation(models, tiny_tokenizer, monkeypatch):  # [9]
     eos = tiny_tokenizer.eos_token_id
-    stats = {"mean": 0.3, "std": 0.5}
     cfg = make_config("ppo", "ci", max_new_tokens=5, missing_eos_penalty=1.5)
     script_responses(monkeypatch, models[0], torch.tensor([[5, 6, eos, 8, 9], [5, 6, 7, 8, 9]] * 2))
-    rollout = rollout_of(models, tiny_tokenizer, cfg, stats=stats)
+    folded = fold_score_stats(copy.deepcopy(models[2]), 0.3, 0.5)  # what load_ppo_models does
+    rollout = rollout_of((*models[:2], folded, models[3]), tiny_tokenizer, cfg)
     raw = sequence_scores(models[2], rollout.query_responses, rollout.attention_mask)
-    torch.testing.assert_close(rollout.raw_scores, raw)
+    torch.testing.assert_close(rollout.raw_scores, (raw - 0.3) / 0.5)  # normalised once, in the head
     no_eos = torch.tensor([0.0, 1.0, 0.0, 1.0])
     torch.testing.assert_close(rollout.scores, (raw - 0.3) / 0.5 - 1.5 * no_eos)
     assert ppo_loop.rollout_stats(rollout, cfg.kl_coef)["eos_rate"] == 0.5
-    # score() on its own: no normalisation, clipping at score_clip
-    cfg = make_config("ppo", "ci", normalize_score=False, missing_eos_penalty=1.0, score_clip=0.5)
-    _, scores = score(models[2], rollout.query_responses, rollout.attention_mask, no_eos == 0, cfg, stats)
+    # score() on its own: the reward model's units, clipping at score_clip
+    cfg = make_config("ppo", "ci", missing_eos_penalty=1.0, score_clip=0.5)
+    _, scores = score(models[2], rollout.query_responses, rollout.attention_mask, no_eos == 0, cfg)
     torch.testing.assert_close(scores, (raw - no_eos).clamp(-0.5, 0.5))
 
 
@@ -239,7 +240,7 @@ def run_ppo(tokenizer, draws=0, **overrides):
     models = make_models(tokenizer)
     torch.rand(draws)
     _, _, history, _ = train_ppo(models, tokenizer, prompt_ids(tokenizer, 8), cfg,
-                                 STATS, log=lambda message: None, progress=False)
+                                 log=lambda message: None, progress=False)
     return cfg, history
 
 
@@ -298,7 +299,7 @@ def test_lora_trains_only_adapters_and_the_reference_is_the_base(tiny_tokenizer)
     before = {k: v.clone() for k, v in actor.state_dict().items()}
     cfg = make_config("ppo", "ci", iterations=2, max_new_tokens=6, rollout_batch=8, minibatch=4, lora_rank=4)
     actor, _, history, _ = train_ppo((actor, None, reward_model, critic), tiny_tokenizer,
-                                     prompt_ids(tiny_tokenizer, 8), cfg, STATS, log=lambda m: None,
+                                     prompt_ids(tiny_tokenizer, 8), cfg, log=lambda m: None,
                                      progress=False)
     assert len(history) == 2
     assert abs(history[0]["kl"]) < 1e-6 and abs(history[1]["kl"]) > 1e-6  # KL against the adapter-free base
@@ -340,7 +341,7 @@ def test_critic_lora_trains_adapters_and_value_head_and_resumes_exactly(tiny_tok
         cfg = make_config("ppo", "ci", iterations=3, max_new_tokens=6, rollout_batch=8, minibatch=4,
                           critic_lora_rank=4, checkpoint_every=checkpoint_every)
         _, critic, history, _ = train_ppo((actor, reference, reward_model, critic), tiny_tokenizer,
-                                          prompt_ids(tiny_tokenizer, 8), cfg, STATS, log=messages.append,
+                                          prompt_ids(tiny_tokenizer, 8), cfg, log=messages.append,
                                           progress=False, resume_dir=resume_dir)
         return before, critic, history
 

@@ -117,7 +117,8 @@ def stage_dirs(base, tmp_path_factory):
     critic_dir = tmp_path_factory.mktemp("smollm2") / "critic"
     critic = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
     critic.config.pad_token_id = tokenizer.pad_token_id
-    util.save_checkpoint(critic_dir, critic, tokenizer)
+    # stage 2's statistics of SFT answers, which load_ppo_models folds into the score heads
+    util.save_checkpoint(critic_dir, critic, tokenizer, files={"reward_stats.json": {"mean": 0.0, "std": 1.0}})
     return folder, critic_dir
 
 
@@ -131,8 +132,8 @@ def test_one_ppo_iteration_with_the_preset_settings(stage_dirs):
     before = {n: p.detach().clone() for n, p in four[0].named_parameters() if p.requires_grad}
     critic_before = {n: p.detach().clone() for n, p in four[3].named_parameters()}
     prompts = util.encode_prompts(ROWS, tokenizer, 64)
-    actor, critic, history, samples = util.train_ppo(four, tokenizer, prompts, cfg, {"mean": 0.0, "std": 1.0},
-                                                log=lambda *a: None, progress=False)
+    actor, critic, history, samples = util.train_ppo(four, tokenizer, prompts, cfg,
+                                                     log=lambda *a: None, progress=False)
     row = history[0]
     assert row["ratio_mean"] == pytest.approx(1.0, abs=0.05) and torch.isfinite(torch.tensor(row["kl"]))
     moved = [n for n, p in actor.named_parameters() if n in before and not torch.equal(p, before[n])]

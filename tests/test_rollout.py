@@ -8,10 +8,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from rlhf import ppo
 from rlhf.config import make_config
 from rlhf.data import collate_prompts
+from rlhf.reward import fold_score_stats
 from rlhf.ppo_loop import Timer, minibatch, ppo_losses, ppo_update, make_optimizer, train_ppo
 from rlhf.rollout import disable_dropout, make_rollout, response_logits
 
-STATS = {"mean": 0.0, "std": 1.0}
 
 
 def opt_config(vocab, **kw):
@@ -59,7 +59,7 @@ def test_ratio_is_one_and_nothing_clipped_before_the_first_step(four_models, tin
     cfg = make_config("ppo", "ci", temperature=0.7, max_new_tokens=8)
     batch, _ = prompt_batch(tiny_tokenizer)
     rollout, _ = make_rollout(four_models, tiny_tokenizer, batch["input_ids"], batch["attention_mask"],
-                              cfg, STATS, cfg.kl_coef, Timer())
+                              cfg, cfg.kl_coef, Timer())
     actor, _, _, critic = four_models
     _, _, stats = ppo_losses(actor, critic, minibatch(rollout, torch.arange(4)), rollout.P, cfg)
     assert abs(float(stats["ratio_mean"]) - 1.0) < 1e-5
@@ -77,7 +77,7 @@ def test_first_ratio_is_one_in_the_real_loop_and_the_models_come_back_plain(four
     cfg = make_config("ppo", "ci", iterations=1, ppo_epochs=1, rollout_batch=8, minibatch=8,
                       max_new_tokens=6, mixed_precision=precision)
     _, ids = prompt_batch(tiny_tokenizer, n=8)
-    actor, critic, history, _ = train_ppo(four_models, tiny_tokenizer, ids, cfg, STATS,
+    actor, critic, history, _ = train_ppo(four_models, tiny_tokenizer, ids, cfg,
                                           log=lambda m: None, progress=False)
     assert abs(history[0]["ratio_mean"] - 1.0) < 1e-5 and history[0]["clipfrac"] == 0.0
     fresh = AutoModelForCausalLM.from_config(opt_config(len(tiny_tokenizer))).eval()
@@ -95,7 +95,7 @@ def test_sampled_rollouts_differ_between_seeds(four_models, tiny_tokenizer):
     for seed in (1, 2):
         torch.manual_seed(seed)
         out.append(make_rollout(four_models, tiny_tokenizer, batch["input_ids"], batch["attention_mask"],
-                                cfg, STATS, cfg.kl_coef, Timer())[0].responses)
+                                cfg, cfg.kl_coef, Timer())[0].responses)
     assert not torch.equal(out[0], out[1])
 
 
@@ -107,7 +107,7 @@ def test_all_empty_responses_give_finite_update(four_models, tiny_tokenizer):
     cfg = make_config("ppo", "ci", max_new_tokens=8, minibatch=4, rollout_batch=4)
     batch, _ = prompt_batch(tiny_tokenizer)
     rollout, _ = make_rollout(four_models, tiny_tokenizer, batch["input_ids"], batch["attention_mask"],
-                              cfg, STATS, cfg.kl_coef, Timer())
+                              cfg, cfg.kl_coef, Timer())
     assert rollout.mask.sum(1).tolist() == [1.0] * 4  # only the EOS is valid
     from accelerate import Accelerator
     optimizer, _ = make_optimizer(actor, critic, cfg)
@@ -119,7 +119,7 @@ def test_train_ppo_logs_every_number_and_changes_the_actor(four_models, tiny_tok
     cfg = make_config("ppo", "ci", iterations=2, max_new_tokens=6)
     _, ids = prompt_batch(tiny_tokenizer, n=8)
     before = copy.deepcopy(four_models[0].state_dict())
-    actor, critic, history, samples = train_ppo(four_models, tiny_tokenizer, ids, cfg, STATS,
+    actor, critic, history, samples = train_ppo(four_models, tiny_tokenizer, ids, cfg,
                                                 log=lambda m: None, progress=False)
     keys = {"score", "rlhf_reward", "kl", "kl_k3", "entropy", "response_length", "eos_rate",
             "ratio_mean", "clipfrac", "approx_kl", "policy_loss", "value_loss", "time_generate",
@@ -135,6 +135,6 @@ def test_non_finite_updates_are_skipped_then_stop_the_stage(four_models, tiny_to
     _, ids = prompt_batch(tiny_tokenizer, n=8)
     logs = []
     with pytest.raises(FloatingPointError, match="non-finite"):
-        train_ppo(four_models, tiny_tokenizer, ids, cfg, {"mean": float("nan"), "std": 1.0}, log=logs.append,
-                  progress=False)
+        fold_score_stats(four_models[2], float("nan"), 1.0)  # a reward model that scores NaN
+        train_ppo(four_models, tiny_tokenizer, ids, cfg, log=logs.append, progress=False)
     assert any("skipped" in line for line in logs)
