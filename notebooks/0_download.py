@@ -16,8 +16,7 @@
 # dataset and a small OPT model from a config, so the whole pipeline runs in minutes. The outputs
 # you see were made by `make notebook-outputs` (the `tiny` preset on 2 CPU cores).
 #
-# > **0 · 数据、分词器与基础模型。** 五个笔记本依次跑完整个 RLHF 流程：0 准备基础模型，1 监督微调
-# > 得到 actor，2 训练奖励模型（critic），3 用 PPO 做 RLHF，4 对比 SFT 与 RLHF。有 GPU 且能访问
+# > **0 · 数据、分词器与基础模型。** 五个笔记本依次跑完整个 RLHF 流程：0 准备基础模型，1 监督微调得到 actor，2 训练奖励模型（critic），3 用 PPO 做 RLHF，4 对比 SFT 与 RLHF。有 GPU 且能访问
 # > Hugging Face 时使用 `facebook/opt-125m`；离线或只有 CPU 时，本笔记本在数据集上训练一个字节级
 # > BPE 分词器并构建一个小型 OPT 模型，几分钟即可跑完全流程。你看到的输出来自
 # > `make notebook-outputs`（`tiny` 预设，2 核 CPU）。
@@ -118,8 +117,7 @@ print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
 # changed (marked \*); `util.config_table(cfg)` prints every field.
 #
 # > **选哪个预设？** `auto` 在 GPU 和模型仓库都可用时选 `opt-125m`，否则选 `tiny`。选择记录在
-# > `model/base/metrics.json` 中，之后的笔记本（`PRESET = "auto"`）沿用它。配置表只列出本笔记本
-# > 讲到的字段和预设改过的字段（标 \*）；`util.config_table(cfg)` 列出全部字段。
+# > `model/base/metrics.json` 中，之后的笔记本（`PRESET = "auto"`）沿用它。配置表只列出本笔记本讲到的字段和预设改过的字段（标 \*）；`util.config_table(cfg)` 列出全部字段。
 
 # %%
 preset, reason = util.resolve_preset(PRESET, decide_anew=True)
@@ -162,11 +160,7 @@ for row in train_rows[:3]:
 # would from people. On your own data there is no gold judge, and these cells say so.
 #
 # > **金标准评判器（gold judge）。** 内置题目由程序生成，程序知道每道题的答案，所以另一个程序——
-# > gold judge（`rlhf/tasks.py`）——可以给任何回答打 0 到 1 分：内容正确占 0.4，行为分 0.6 再扣掉
-# > 粗鲁（0.3）、不切题（重复、啰嗦或回避，0.3）、话没说完（0.2）、没有输出 EOS（0.2）。它给偏好对
-# > 打了标签（chosen 比 rejected 高 0.15 以上），并在笔记本 1、3、4 中给策略打分（即 `gold`）。它
-# > 从不参与训练：模型只从示范（SFT）和奖励模型（PPO）学习，就像从人类反馈中学习一样。用你自己
-# > 的数据时没有 gold judge，这几个单元格会说明。
+# > gold judge（`rlhf/tasks.py`）——可以给任何回答打 0 到 1 分：内容正确占 0.4，行为分 0.6 再扣掉粗鲁（0.3）、不切题（重复、啰嗦或回避，0.3）、话没说完（0.2）、没有输出 EOS（0.2）。它给偏好对打了标签（chosen 比 rejected 高 0.15 以上），并在笔记本 1、3、4 中给策略打分（即 `gold`）。它从不参与训练：模型只从示范（SFT）和奖励模型（PPO）学习，就像从人类反馈中学习一样。用你自己的数据时没有 gold judge，这几个单元格会说明。
 
 # %%
 import pandas as pd
@@ -189,8 +183,7 @@ else:
 # copy, the chosen answers none, and each rejected answer one or two. The judge's findings agree
 # with the labels the demonstrator drew (a test checks all 11,000 answers of the built-in data).
 #
-# > 整个训练集里评判器找到的缺陷：示范回答带着 SFT 会学去的缺陷，chosen 没有缺陷，rejected 每条
-# > 有一两个。评判器的判断与示范者生成时抽到的缺陷标签完全一致（有测试检查内置数据的全部 11,000
+# > 整个训练集里评判器找到的缺陷：示范回答带着 SFT 会学去的缺陷，chosen 没有缺陷，rejected 每条有一两个。评判器的判断与示范者生成时抽到的缺陷标签完全一致（有测试检查内置数据的全部 11,000
 # > 条回答）。
 
 # %%
@@ -219,10 +212,8 @@ if judge is not None:
 # renders a conversation in exactly the training format, so `tokenizer.apply_chat_template`,
 # `transformers.pipeline` with chat messages, and every notebook build the same token ids.
 #
-# > **基础模型与分词器。** 联网时 `get_base` 下载配置的模型；离线时几秒内做出判断（不用等约 50 秒
-# > 的重试）并构建后备模型。两种情况下 pad 都与 EOS 不同，模型才能学会何时停止；分词器还带有一个
-# > **chat template**，把对话渲染成与训练完全相同的格式，因此 `tokenizer.apply_chat_template`、
-# > 用消息列表调用的 `transformers.pipeline` 和所有笔记本得到的 token id 完全一样。
+# > **基础模型与分词器。** 联网时 `get_base` 下载配置的模型；离线时几秒内做出判断（不用等约 50 秒的重试）并构建后备模型。两种情况下 pad 都与 EOS 不同，模型才能学会何时停止；分词器还带有一个
+# > **chat template**，把对话渲染成与训练完全相同的格式，因此 `tokenizer.apply_chat_template`、用消息列表调用的 `transformers.pipeline` 和所有笔记本得到的 token id 完全一样。
 
 # %%
 texts = [r["prompt"] + " " + r[k] for r in train_rows for k in ("response", "chosen", "rejected") if r[k]]

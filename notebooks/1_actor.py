@@ -9,10 +9,7 @@
 #
 # $$\mathcal{L}_{\text{SFT}} = -\frac{1}{|R|}\sum_{t \in R} \log \pi_\theta(y_t \mid x, y_{<t})$$
 #
-# > **1 · Actor：监督微调（SFT）。** actor 是学会像示范那样回答的基础模型：只在回答部分的 token 上
-# > 计算语言模型损失。提示词只是上下文，不需要模仿，所以它的标签被屏蔽（−100），pad 也一样。内置
-# > 示范者故意不完美（粗鲁、啰嗦、重复、话没说完，见笔记本 0），SFT 会把这些缺陷一起学去：这正是
-# > 笔记本 3 中 RLHF 要弥补的空间。
+# > **1 · Actor：监督微调（SFT）。** actor 是学会像示范那样回答的基础模型：只在回答部分的 token 上计算语言模型损失。提示词只是上下文，不需要模仿，所以它的标签被屏蔽（−100），pad 也一样。内置示范者故意不完美（粗鲁、啰嗦、重复、话没说完，见笔记本 0），SFT 会把这些缺陷一起学去：这正是笔记本 3 中 RLHF 要弥补的空间。
 
 # %% tags=["parameters"]
 PRESET = "auto"     # "auto" follows what 0_download chose
@@ -109,8 +106,7 @@ preset, data_cfg, cfg = util.start("actor", PRESET, DATA, show=("lr", "batch_siz
 # The training rows are split once, deterministically, between the three stages (2:4:4 in the
 # original), so the reward model and PPO see prompts the actor never trained on.
 #
-# > **数据：actor 分到的训练行。** 训练数据按固定规则一次性分给三个阶段（原项目为 2:4:4），因此
-# > 奖励模型和 PPO 看到的提示词是 actor 训练时没见过的。
+# > **数据：actor 分到的训练行。** 训练数据按固定规则一次性分给三个阶段（原项目为 2:4:4），因此奖励模型和 PPO 看到的提示词是 actor 训练时没见过的。
 
 # %%
 base_dir = util.require_checkpoint(util.stage_dir("base"), "base")
@@ -129,8 +125,7 @@ print(util.format_summary(summary))
 # prompt) add nothing to the loss; the response and its EOS are learned. The sequence is exactly
 # what the tokenizer's chat template renders (notebook 0).
 #
-# > 损失函数看到的内容：逐个 token 展示一个样本。标签为 `-100` 的位置（BOS 和提示词）不计入损失；
-# > 回答及其 EOS 才是学习目标。这个序列与分词器的 chat template 渲染结果完全一致（见笔记本 0）。
+# > 损失函数看到的内容：逐个 token 展示一个样本。标签为 `-100` 的位置（BOS 和提示词）不计入损失；回答及其 EOS 才是学习目标。这个序列与分词器的 chat template 渲染结果完全一致（见笔记本 0）。
 
 # %%
 import inspect
@@ -171,8 +166,7 @@ show_samples(model, "base model (greedy):")
 # after each epoch, periodic checkpoints. The loss it trains with, `sft_loss_fn`, is `sft_loss`
 # above with one saving: the LM head runs only on the positions that have a label.
 #
-# > **训练。** `util.fit` 是与奖励模型共用的训练循环：AdamW、线性预热与衰减、梯度裁剪、显式梯度累积
-# > （显存不足时把 micro-batch 减半）、硬件支持 bf16 时自动用 bf16（`mixed_precision="auto"`）、每个
+# > **训练。** `util.fit` 是与奖励模型共用的训练循环：AdamW、线性预热与衰减、梯度裁剪、显式梯度累积（显存不足时把 micro-batch 减半）、硬件支持 bf16 时自动用 bf16（`mixed_precision="auto"`）、每个
 # > epoch 后计算验证损失和困惑度、定期保存可续训的检查点。它用的损失 `sft_loss_fn` 就是上面的
 # > `sft_loss`，只省了一步：LM head 只在有标签的位置上计算。
 

@@ -18,14 +18,8 @@
 # arbitrary; notebook 3 needs them fixed, so this notebook also measures the mean and spread of
 # the reward on the actor's own answers.
 #
-# > **2 · 奖励模型（“critic”笔记本）。** 奖励模型读入提示词和回答，输出一个数：人会有多喜欢这个
-# > 回答。它是带一个标量输出头的基础模型（`AutoModelForSequenceClassification`，`num_labels=1`），
-# > 用偏好对上的 Bradley–Terry 损失训练。**为什么叫 critic？** 沿用原项目 Simple_RLHF 的命名，
-# > 因为这里训练的模型在笔记本 3 里扮演两个角色：冻结时它是**奖励模型**，在回答的最后一个 token
-# > 上给整段回答打一次分；复制一份继续训练时它是 **critic**（价值模型），在每个 token 上预测之后
-# > 还能得到多少奖励。两者读的是同一个标量头，一个只读最后位置，一个读每个位置。损失只约束两个
-# > 分数之差，所以奖励的尺度和偏移是任意的；笔记本 3 需要固定它们，因此本笔记本还会在 actor 自己的
-# > 回答上测量奖励的均值和标准差。
+# > **2 · 奖励模型（“critic”笔记本）。** 奖励模型读入提示词和回答，输出一个数：人会有多喜欢这个回答。它是带一个标量输出头的基础模型（`AutoModelForSequenceClassification`，`num_labels=1`），用偏好对上的 Bradley–Terry 损失训练。**为什么叫 critic？** 沿用原项目 Simple_RLHF 的命名，因为这里训练的模型在笔记本 3 里扮演两个角色：冻结时它是**奖励模型**，在回答的最后一个 token
+# > 上给整段回答打一次分；复制一份继续训练时它是 **critic**（价值模型），在每个 token 上预测之后还能得到多少奖励。两者读的是同一个标量头，一个只读最后位置，一个读每个位置。损失只约束两个分数之差，所以奖励的尺度和偏移是任意的；笔记本 3 需要固定它们，因此本笔记本还会在 actor 自己的回答上测量奖励的均值和标准差。
 
 # %% tags=["parameters"]
 PRESET = "auto"
@@ -123,8 +117,7 @@ preset, data_cfg, cfg = util.start("critic", PRESET, DATA, show=("lr", "batch_si
 # costs log 2 and counts as wrong, so a model that gives every answer the same score has
 # accuracy 0, not 0.5.
 #
-# > **成对损失。** 用三个玩具偏好对演示 `pairwise_loss`（在 `rlhf/reward.py` 中）：明显胜出、平局、
-# > 输掉。平局的损失是 log 2 并算作判错，所以给所有回答打同样分数的模型准确率是 0，而不是 0.5。
+# > **成对损失。** 用三个玩具偏好对演示 `pairwise_loss`（在 `rlhf/reward.py` 中）：明显胜出、平局、输掉。平局的损失是 log 2 并算作判错，所以给所有回答打同样分数的模型准确率是 0，而不是 0.5。
 
 # %%
 import inspect, torch
@@ -168,8 +161,7 @@ for row in batch["input_ids"]:
 # The head runs on every position; the reward is the value at the last non-pad token (the EOS),
 # the only position that has seen the whole answer. Appending pads must not change it.
 #
-# > **分数读在最后一个真实 token 上。** 输出头在每个位置都有输出；奖励取最后一个非 pad token（即 EOS）
-# > 处的值，只有这个位置看到了完整的回答。在后面补 pad 不应改变它。
+# > **分数读在最后一个真实 token 上。** 输出头在每个位置都有输出；奖励取最后一个非 pad token（即 EOS）处的值，只有这个位置看到了完整的回答。在后面补 pad 不应改变它。
 
 # %%
 from transformers import AutoModelForSequenceClassification
@@ -215,8 +207,7 @@ plt.tight_layout(); plt.show()
 # reward model. We sample answers from the SFT actor on prompts of the PPO split and record their
 # reward's mean and standard deviation; notebook 3 normalises scores with them.
 #
-# > **给 PPO 用的奖励统计量。** PPO 把奖励和固定尺度的 KL 惩罚（每个 token β = 0.1）相加，所以奖励的
-# > 尺度很重要：几个单位的原始分数会压过惩罚，策略就会去钻奖励模型的空子。我们在 PPO 那份提示词上让
+# > **给 PPO 用的奖励统计量。** PPO 把奖励和固定尺度的 KL 惩罚（每个 token β = 0.1）相加，所以奖励的尺度很重要：几个单位的原始分数会压过惩罚，策略就会去钻奖励模型的空子。我们在 PPO 那份提示词上让
 # > SFT actor 采样回答，记录奖励的均值和标准差；笔记本 3 用它们把分数归一化。
 
 # %%

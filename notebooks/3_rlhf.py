@@ -20,12 +20,9 @@
 #
 # > **3 · 用 PPO 做 RLHF。** actor 现在向奖励模型学习，而不是向示范学习。共有四个模型（沿用
 # > DeepSpeed-Chat 的叫法）：**actor**（策略 π，训练）、**reference**（冻结的 SFT 策略 π_ref，actor
-# > 不能离它太远）、**reward**（冻结，在最后一个 token 上给整段回答打分）、**critic**（价值模型，训练，
-# > 在每个 token 上预测之后的回报）。一次 PPO 迭代：**采样**回答 → **打分**（奖励模型、相对 reference
-# > 的 KL 惩罚、价值）→ 计算**优势**（GAE）→ 若干 **epoch** 的裁剪更新。本笔记本分四步：(1) 在玩具
-# > 张量上逐个运行 `rlhf/ppo.py` 的函数；(2) 在真实模型上手算一次迭代，并列出一条回答的每个数；
-# > (3) 用同样的函数在一个简短的单元格里写出训练循环；(4) 用库里的训练器（可续训、可多进程）完整训练，它的
-# > 数字与循环完全一致。
+# > 不能离它太远）、**reward**（冻结，在最后一个 token 上给整段回答打分）、**critic**（价值模型，训练，在每个 token 上预测之后的回报）。一次 PPO 迭代：**采样**回答 → **打分**（奖励模型、相对 reference
+# > 的 KL 惩罚、价值）→ 计算**优势**（GAE）→ 若干 **epoch** 的裁剪更新。本笔记本分四步：(1) 在玩具张量上逐个运行 `rlhf/ppo.py` 的函数；(2) 在真实模型上手算一次迭代，并列出一条回答的每个数；
+# > (3) 用同样的函数在一个简短的单元格里写出训练循环；(4) 用库里的训练器（可续训、可多进程）完整训练，它的数字与循环完全一致。
 
 # %% tags=["parameters"]
 PRESET = "auto"
@@ -131,10 +128,7 @@ preset, data_cfg, cfg = util.start("ppo", PRESET, DATA, show=(
 # computed, so the probabilities PPO reasons about are the ones that produced the tokens.
 # Everything after the first EOS becomes padding and is masked out of every sum.
 #
-# > **第一部分 · 玩具张量上的数学。1 · 采样，然后在第一个 EOS 处截断。** 提示词**左**填充，所有回答
-# > 从同一列开始。采样不做截断（`top_k=0`、`top_p=1`），温度为 T；之后每次计算 log 概率时 logits 也
-# > 除以 T，所以 PPO 用到的概率正是生成这些 token 的概率。第一个 EOS 之后的内容都变成 pad，不计入
-# > 任何求和。
+# > **第一部分 · 玩具张量上的数学。1 · 采样，然后在第一个 EOS 处截断。** 提示词**左**填充，所有回答从同一列开始。采样不做截断（`top_k=0`、`top_p=1`），温度为 T；之后每次计算 log 概率时 logits 也除以 T，所以 PPO 用到的概率正是生成这些 token 的概率。第一个 EOS 之后的内容都变成 pad，不计入任何求和。
 
 # %%
 responses = torch.tensor([[5, 6, 2, 7, 8],    # two tokens, then EOS (id 2), then junk
@@ -173,9 +167,7 @@ print("KL k1 per answer", ppo.kl_per_token(logprobs, ref_logprobs, mask).sum(1),
 # matrix product; the loop below is its reference (the tests compare them).
 #
 # > **3 · 优势：在有效 token 上做 GAE。** γ = 1，λ = 0.95，最后一个有效 token 之后 $V = 0$。回报
-# > $A + V$ 是 critic 的学习目标。critic 在 EOS 之后也有输出（下面的 9.0）：它们被忽略，换成任何值
-# > 优势都不变。随后只在有效 token 上把优势白化（均值 0、标准差 1），与训练循环一致。快速版本是一次
-# > 矩阵乘法；下面的循环是它的参照（测试会比较两者）。
+# > $A + V$ 是 critic 的学习目标。critic 在 EOS 之后也有输出（下面的 9.0）：它们被忽略，换成任何值优势都不变。随后只在有效 token 上把优势白化（均值 0、标准差 1），与训练循环一致。快速版本是一次矩阵乘法；下面的循环是它的参照（测试会比较两者）。
 
 # %%
 values = torch.tensor([[0.1, 0.2, 0.3, 9.0, 9.0], [0.0, 0.1, 0.0, 0.1, 0.0]])  # 9.0: after the EOS
@@ -196,9 +188,7 @@ print(inspect.getsource(ppo.gae_naive))
 # and nothing is clipped. Once a token's ratio leaves [1 − ε, 1 + ε] in the direction its
 # advantage favours, the clipped term wins and that token stops pushing.
 #
-# > **4 · 裁剪的策略损失。** 使用白化后的优势。第一次更新前 π = π_old，所有比率都正好是 1，没有任何
-# > 裁剪。一旦某个 token 的比率朝着优势鼓励的方向离开 [1 − ε, 1 + ε]，裁剪项胜出，这个 token 就不再
-# > 推动更新。
+# > **4 · 裁剪的策略损失。** 使用白化后的优势。第一次更新前 π = π_old，所有比率都正好是 1，没有任何裁剪。一旦某个 token 的比率朝着优势鼓励的方向离开 [1 − ε, 1 + ε]，裁剪项胜出，这个 token 就不再推动更新。
 
 # %%
 new_logprobs = logprobs + torch.tensor([[0.5, -0.1, 0.0, 0.0, 0.0], [0.0, 0.3, 0.0, -0.4, 0.1]])
@@ -215,8 +205,7 @@ print("at the start:", {k: float(v) for k, v in ppo.policy_loss(logprobs, logpro
 # error counts instead (`vf_clipfrac`). At the start (V = V_old) it is half the squared error.
 #
 # > **5 · 裁剪的价值损失。** critic 把价值回归到回报上，但一次迭代中价值离 rollout 时的值不能超过
-# > c = 0.2：如果更大的移动能降低误差，就改用裁剪后的误差（`vf_clipfrac` 统计其比例）。开始时
-# > （V = V_old）它就是平方误差的一半。
+# > c = 0.2：如果更大的移动能降低误差，就改用裁剪后的误差（`vf_clipfrac` 统计其比例）。开始时（V = V_old）它就是平方误差的一半。
 
 # %%
 new_values = values + torch.tensor([[0.5, 0.1, -0.05, 3.0, 3.0], [0.0, 0.3, 0.0, -0.1, 0.0]])
@@ -235,8 +224,7 @@ print("at the start:", round(float(start_loss), 4), "= 0.5 * mean squared error"
 # accelerator sets the device and mixed precision; every pass of the rollout runs under the same
 # autocast as the update.
 #
-# > **第二部分 · 在真实模型上手算一次迭代。** 在训练好的检查点上重复同样的步骤：从 PPO 那份数据取几个
-# > 提示词，每个张量都由一个可以阅读的库函数算出（`util.rollout`、`util.ppo`）。四个模型都关闭了
+# > **第二部分 · 在真实模型上手算一次迭代。** 在训练好的检查点上重复同样的步骤：从 PPO 那份数据取几个提示词，每个张量都由一个可以阅读的库函数算出（`util.rollout`、`util.ppo`）。四个模型都关闭了
 # > dropout，所以 rollout 时和第一次训练前向时的 log 概率完全一致。accelerator 负责设备和混合精度；
 # > rollout 的每次前向都与更新使用同样的 autocast。
 
@@ -261,8 +249,7 @@ print(f"{len(prompt_ids)} PPO prompts; reward statistics of SFT answers: mean {r
 # **a · Prompts, left-padded.** Four prompts of different lengths. Pads come first; position ids
 # count from the first real token, so padding changes nothing a model computes for the real ones.
 #
-# > **a · 左填充的提示词。** 四个长度不同的提示词。pad 在前；位置编号从第一个真实 token 开始计数，所以
-# > 填充不会改变模型对真实 token 的任何计算。
+# > **a · 左填充的提示词。** 四个长度不同的提示词。pad 在前；位置编号从第一个真实 token 开始计数，所以填充不会改变模型对真实 token 的任何计算。
 
 # %%
 batch = util.collate_prompts(prompt_ids[:4], tokenizer.pad_token_id, accelerator.device)
@@ -278,9 +265,7 @@ print("queries:", tuple(queries.shape), "(B, P)")
 # an EOS, or the last tokens of an answer that never stopped); `response_mask` cuts each one after
 # its first EOS. Prompt and response are joined into `query_responses`, the input of every pass.
 #
-# > **b · 采样；c · 在第一个 EOS 处截断。** `generate` 返回原始续写（EOS 之后是 pad，没有停下的回答
-# > 一直写到长度上限）；`response_mask` 在第一个 EOS 之后截断。提示词和回答拼成 `query_responses`，
-# > 作为之后每次前向计算的输入。
+# > **b · 采样；c · 在第一个 EOS 处截断。** `generate` 返回原始续写（EOS 之后是 pad，没有停下的回答一直写到长度上限）；`response_mask` 在第一个 EOS 之后截断。提示词和回答拼成 `query_responses`，作为之后每次前向计算的输入。
 
 # %%
 torch.manual_seed(cfg.seed)
@@ -306,10 +291,8 @@ print("responses:", tuple(responses.shape), "(B, R) | query_responses:", tuple(q
 # the reference, so the KL is exactly 0.
 #
 # > **d · 三次前向；e · 打分。** actor 和 reference 给出每个采样 token 的 log 概率（位置 t − 1 预测
-# > token t，温度为 T）；critic 在每个位置给出价值；奖励模型在每条回答的最后一个 token 上打分，然后
-# > 对没有 EOS 的回答扣分并裁剪（`util.rollout.score`）。分数已经是归一化的：加载模型时把第二阶段在 SFT
-# > 回答上的统计量折进了奖励模型的输出头，(w·h + b − mean) / std（`util.reward.fold_score_stats`）。
-# > 第一次更新之前 actor 就是 reference，所以 KL 正好是 0。
+# > token t，温度为 T）；critic 在每个位置给出价值；奖励模型在每条回答的最后一个 token 上打分，然后对没有 EOS 的回答扣分并裁剪（`util.rollout.score`）。分数已经是归一化的：加载模型时把第二阶段在 SFT
+# > 回答上的统计量折进了奖励模型的输出头，(w·h + b − mean) / std（`util.reward.fold_score_stats`）。第一次更新之前 actor 就是 reference，所以 KL 正好是 0。
 
 # %%
 with torch.no_grad(), accelerator.autocast():
@@ -338,11 +321,7 @@ for prompt, text, eos, raw, s in zip(prompt_texts, texts, has_eos.tolist(), raw_
 # every advantage by −c·λ^(L−1−t) and favour short (or long) answers.
 #
 # > **f · 奖励、优势、白化，以及一条回答的逐 token 数值。** 第一条回答上 PPO 学习用到的每个数：两个
-# > log 概率及其给出的 KL 项（目前为 0）、奖励（分数落在最后一个 token 上）、critic 的价值、GAE 优势、
-# > 在整批有效 token 上白化后的优势，以及 critic 要回归的回报。最后两行在 EOS 之后：critic 在那里仍有
-# > 输出，但没有任何地方用到它们。critic 最初就是奖励模型，输出头里折进了同样的统计量，所以从第一次迭代起
-# > 它的价值就和归一化后的分数同一尺度：价值里一个常数偏移 c 会让每个优势平移 −c·λ^(L−1−t)，偏向短（或长）
-# > 的回答。
+# > log 概率及其给出的 KL 项（目前为 0）、奖励（分数落在最后一个 token 上）、critic 的价值、GAE 优势、在整批有效 token 上白化后的优势，以及 critic 要回归的回报。最后两行在 EOS 之后：critic 在那里仍有输出，但没有任何地方用到它们。critic 最初就是奖励模型，输出头里折进了同样的统计量，所以从第一次迭代起它的价值就和归一化后的分数同一尺度：价值里一个常数偏移 c 会让每个优势平移 −c·λ^(L−1−t)，偏向短（或长）的回答。
 
 # %%
 rewards, non_score_rewards = ppo.compute_rewards(scores, logprobs, ref_logprobs, mask, cfg.kl_coef)
@@ -370,10 +349,7 @@ display(token_frame(0))
 # table then gets the ratio of each token after the update, and the KL, no longer 0.
 #
 # > **g · 一次 PPO 更新。** 把 rollout 装进一个 `Rollout`（循环里 `util.make_rollout` 返回的就是它），
-# > `util.ppo_update` 在上面做 `ppo_epochs` 轮裁剪更新：actor 和 critic 在同一个 AdamW 里，分成两个参数组，
-# > 各自把梯度范数裁剪到 1。每个 minibatch 的损失由下面打印的 `ppo_losses` 计算。第一个 minibatch 上比率
-# > 正好是 1；所有 epoch 的平均比率和裁剪比例说明更新让策略移动了多远。表格随后加上更新后每个 token 的
-# > 比率，KL 也不再是 0。
+# > `util.ppo_update` 在上面做 `ppo_epochs` 轮裁剪更新：actor 和 critic 在同一个 AdamW 里，分成两个参数组，各自把梯度范数裁剪到 1。每个 minibatch 的损失由下面打印的 `ppo_losses` 计算。第一个 minibatch 上比率正好是 1；所有 epoch 的平均比率和裁剪比例说明更新让策略移动了多远。表格随后加上更新后每个 token 的比率，KL 也不再是 0。
 
 # %%
 experience = util.rollout.Rollout(
@@ -401,9 +377,7 @@ display(token_frame(0, **{"ratio after": (after - logprobs).exp() * mask}))
 # function), update, anneal the learning rates. The models start again from the checkpoints.
 # `loop_iterations` is kept small here: part 4 runs all of them.
 #
-# > **第三部分 · 训练循环。** 整个 PPO 就是把这些步骤放进循环：取一批提示词，做一次 rollout（采样、
-# > 四个模型的前向、奖励、GAE、白化：`make_rollout` 就是第二部分 a–f 合成的一个函数），更新，然后
-# > 衰减学习率。模型重新从检查点加载。这里 `loop_iterations` 取得很小：第四部分会跑完全部迭代。
+# > **第三部分 · 训练循环。** 整个 PPO 就是把这些步骤放进循环：取一批提示词，做一次 rollout（采样、四个模型的前向、奖励、GAE、白化：`make_rollout` 就是第二部分 a–f 合成的一个函数），更新，然后衰减学习率。模型重新从检查点加载。这里 `loop_iterations` 取得很小：第四部分会跑完全部迭代。
 
 # %%
 actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg, accelerator.device)
@@ -456,15 +430,10 @@ display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4))
 # | `approx_kl` | KL between π_old and π after the update | ≪ 0.1 |
 # | `policy_loss`, `value_loss` | the two losses | value loss falls as the critic learns |
 #
-# > **第四部分 · 完整训练。** `util.train_ppo` 就是上面的循环，再加上长时间训练需要的东西：崩溃后从
-# > 定期检查点续训、多进程运行（`accelerate launch`，每个进程采样自己的提示词，梯度取平均）、显存不足时
-# > 把 batch 减半、连续出现非有限值的更新时停止、记录 gold 分数和样例。从同样的检查点和随机种子出发，
-# > 它前几次迭代的数字与循环完全相同（下面会比较，`tests/test_notebook_loop.py` 也会检查）。上表解释
-# > 了每个记录的数字：`score` 奖励模型分数，应上升；`gold` 评判器分数（不参与训练），应随 `score`
+# > **第四部分 · 完整训练。** `util.train_ppo` 就是上面的循环，再加上长时间训练需要的东西：崩溃后从定期检查点续训、多进程运行（`accelerate launch`，每个进程采样自己的提示词，梯度取平均）、显存不足时把 batch 减半、连续出现非有限值的更新时停止、记录 gold 分数和样例。从同样的检查点和随机种子出发，它前几次迭代的数字与循环完全相同（下面会比较，`tests/test_notebook_loop.py` 也会检查）。上表解释了每个记录的数字：`score` 奖励模型分数，应上升；`gold` 评判器分数（不参与训练），应随 `score`
 # > 上升，若 `score` 涨而 `gold` 不涨，说明策略在糊弄奖励模型；`rlhf_reward` 归一化分数减 β·KL，是
 # > PPO 最大化的目标；`kl`、`kl_k3` 每条回答的 KL，从 0 缓慢增长；`entropy` 熵，缓慢下降，跌到约 0
-# > 表示策略不再探索；`response_length`、`eos_rate` 回答长度与以 EOS 结束的比例；`ratio_mean` 更新
-# > 中 π/π_old 的均值，约为 1；`clipfrac` 被裁剪的 token 比例，0 – 0.2；`approx_kl` 更新前后策略的
+# > 表示策略不再探索；`response_length`、`eos_rate` 回答长度与以 EOS 结束的比例；`ratio_mean` 更新中 π/π_old 的均值，约为 1；`clipfrac` 被裁剪的 token 比例，0 – 0.2；`approx_kl` 更新前后策略的
 # > KL，远小于 0.1；`policy_loss`、`value_loss` 两个损失，价值损失应随 critic 学习而下降。
 
 # %%

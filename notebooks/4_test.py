@@ -8,10 +8,7 @@
 # reward model's score rose but the gold score did not, the policy learned to please the reward
 # model rather than to answer better.
 #
-# > **4 · RLHF 改变了什么？** SFT actor 和 RLHF 策略回答同一批留出的提示词，分别用采样（PPO 训练的就是
-# > 采样分布）和贪心解码。三个评判标准：**奖励模型**分数（PPO 优化的目标）、**gold judge**（笔记本 0：
-# > 知道正确答案的程序，从不参与训练，仅限内置数据）、相对 SFT 模型的 **KL**（RLHF 移动了多远）。如果
-# > 奖励模型分数涨了而 gold 分数没涨，说明策略学会的是讨好奖励模型，而不是答得更好。
+# > **4 · RLHF 改变了什么？** SFT actor 和 RLHF 策略回答同一批留出的提示词，分别用采样（PPO 训练的就是采样分布）和贪心解码。三个评判标准：**奖励模型**分数（PPO 优化的目标）、**gold judge**（笔记本 0：知道正确答案的程序，从不参与训练，仅限内置数据）、相对 SFT 模型的 **KL**（RLHF 移动了多远）。如果奖励模型分数涨了而 gold 分数没涨，说明策略学会的是讨好奖励模型，而不是答得更好。
 
 # %% tags=["parameters"]
 PRESET = "auto"
@@ -135,9 +132,7 @@ display(pd.DataFrame(table[1:], columns=["", "SFT", "RLHF"]).set_index(""))
 # are. Each answer carries its gold score, the reward model's score and the flaws the gold judge
 # found.
 #
-# > **采样回答并排对比。** PPO 训练的是策略采样的分布，所以变化体现在采样回答上。下面是两个策略对同一
-# > 提示词的采样回答，从三类中随机抽取：RLHF 的 gold 分数更高、更低、相同，并给出每类共有多少对。每条
-# > 回答都标出 gold 分数、奖励模型分数和 gold judge 找到的缺陷。
+# > **采样回答并排对比。** PPO 训练的是策略采样的分布，所以变化体现在采样回答上。下面是两个策略对同一提示词的采样回答，从三类中随机抽取：RLHF 的 gold 分数更高、更低、相同，并给出每类共有多少对。每条回答都标出 gold 分数、奖励模型分数和 gold judge 找到的缺陷。
 
 # %%
 def describe(record):
@@ -164,11 +159,7 @@ if judge is not None:
 # rambling and evading answers more questions, some of them wrongly. RLHF can only be as good as
 # its reward model.
 #
-# > **逐项缺陷。** 采样回答中带有各类缺陷的比例，RLHF 之前（SFT）和之后。SFT 学会了示范者的坏习惯；
-# > 奖励模型从偏好对中学到人（这里是给偏好对打标签的评判器）不喜欢这些习惯，PPO 去掉了奖励模型能识别
-# > 的那些。行为上的缺陷（粗鲁、啰嗦、重复、话没说完）大多消失了，事实错误却没有减少：奖励模型几乎分不清
-# > 事实的对错（上面的例子里，错误的回答可以和正确的回答得分一样高），PPO 在这方面无从学起；而一个不再
-# > 啰嗦、不再回避的策略会回答更多问题，其中一些答错了。RLHF 的上限就是它的奖励模型。
+# > **逐项缺陷。** 采样回答中带有各类缺陷的比例，RLHF 之前（SFT）和之后。SFT 学会了示范者的坏习惯；奖励模型从偏好对中学到人（这里是给偏好对打标签的评判器）不喜欢这些习惯，PPO 去掉了奖励模型能识别的那些。行为上的缺陷（粗鲁、啰嗦、重复、话没说完）大多消失了，事实错误却没有减少：奖励模型几乎分不清事实的对错（上面的例子里，错误的回答可以和正确的回答得分一样高），PPO 在这方面无从学起；而一个不再啰嗦、不再回避的策略会回答更多问题，其中一些答错了。RLHF 的上限就是它的奖励模型。
 
 # %%
 import matplotlib.pyplot as plt
@@ -184,8 +175,7 @@ if judge is not None:
 # changes the sampled answers: the most likely answer was usually already right, and PPO mostly
 # reshapes the rest of the distribution (compare the greedy rows of the table above).
 #
-# > **贪心解码：另一个视角。** 贪心解码每一步都取概率最大的 token。RLHF 对它的改变远小于对采样回答的
-# > 改变：概率最大的回答通常本来就是对的，PPO 主要重塑的是分布的其余部分（对比上面表格中 greedy 的几行）。
+# > **贪心解码：另一个视角。** 贪心解码每一步都取概率最大的 token。RLHF 对它的改变远小于对采样回答的改变：概率最大的回答通常本来就是对的，PPO 主要重塑的是分布的其余部分（对比上面表格中 greedy 的几行）。
 
 # %%
 greedy = {(r["prompt"], r["policy"]): r for r in records if r["mode"] == "greedy"}
@@ -203,8 +193,7 @@ for prompt in changed[:6]:
 # Along PPO training, the reward model's score and the gold score of the sampled answers. When
 # both rise together, the reward model was a good proxy; a score rising alone is reward hacking.
 #
-# > **策略学会的是任务，还是只学会了讨好奖励模型？** PPO 训练过程中采样回答的奖励模型分数和 gold 分数。
-# > 两者一起上升，说明奖励模型是个好的替代目标；只有奖励分数上升就是 reward hacking（奖励作弊）。
+# > **策略学会的是任务，还是只学会了讨好奖励模型？** PPO 训练过程中采样回答的奖励模型分数和 gold 分数。两者一起上升，说明奖励模型是个好的替代目标；只有奖励分数上升就是 reward hacking（奖励作弊）。
 
 # %%
 history = util.read_json(f"{rlhf_dir}/metrics.json")["history"]
@@ -224,10 +213,7 @@ ax.set_xlabel("PPO iteration"); plt.tight_layout(); plt.show()
 # (`tests/test_pipeline.py` checks this on every eval prompt). Change the questions and run
 # the cell again.
 #
-# > **试一试：处处同一种提示词格式。** `util.chat` 通过分词器的 chat template 提问，它渲染出的正是训练
-# > 格式。RLHF 模型是普通的 Hugging Face 检查点，`transformers.pipeline` 也能直接用；传入消息列表时它用
-# > 同一个模板，贪心解码给出相同的回答（`tests/test_pipeline.py` 在全部评测提示词上检查这一点）。
-# > 改一改问题，再运行这个单元格。
+# > **试一试：处处同一种提示词格式。** `util.chat` 通过分词器的 chat template 提问，它渲染出的正是训练格式。RLHF 模型是普通的 Hugging Face 检查点，`transformers.pipeline` 也能直接用；传入消息列表时它用同一个模板，贪心解码给出相同的回答（`tests/test_pipeline.py` 在全部评测提示词上检查这一点）。改一改问题，再运行这个单元格。
 
 # %%
 from transformers import pipeline
@@ -254,8 +240,7 @@ print("saved model/eval/summary.json")
 # cell and a Hub login (`hf auth login`), this uploads `model/rlhf` there; offline or without a
 # repo id it says why it skipped.
 #
-# > **分享模型（可选）。** 每个检查点目录都带有模型卡 `README.md`（基础模型、数据、配置、指标、
-# > 用 `pipeline` 加载的方法）。在参数单元格设置 `HUB_REPO` 并登录（`hf auth login`）后，这里把
+# > **分享模型（可选）。** 每个检查点目录都带有模型卡 `README.md`（基础模型、数据、配置、指标、用 `pipeline` 加载的方法）。在参数单元格设置 `HUB_REPO` 并登录（`hf auth login`）后，这里把
 # > `model/rlhf` 上传到 Hub；离线或未设置时会说明跳过的原因。
 
 # %%
