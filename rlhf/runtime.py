@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import numbers
 import os
 import random
 import sys
@@ -152,8 +153,6 @@ class RunLog:
         with open(self.jsonl, "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
         if self.trackers:
-            from .tracking import numbers_of
-
             step = step if step is not None else metrics.get("iteration", metrics.get("step"))
             values = numbers_of(metrics)
             for tracker in self.trackers:
@@ -164,3 +163,14 @@ class RunLog:
         trackers, self.trackers = self.trackers, []
         for tracker in trackers:
             tracker.finish()
+
+
+def numbers_of(metrics: dict, prefix: str = "") -> dict:
+    """The numeric entries of `metrics` (bools and NaN-free floats included), nested dicts flattened."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(numbers_of(value, f"{prefix}{key}/"))
+        elif isinstance(value, numbers.Number):
+            out[f"{prefix}{key}"] = float(value)
+    return out

@@ -91,14 +91,3 @@ def open_log(stage: str, configs=(), track_cfg: TrackConfig | None = None, folde
         log(f"tracking with {', '.join(names)}{where}")
         atexit.register(log.finish)
     return log
-
-
-def numbers_of(metrics: dict, prefix: str = "") -> dict:
-    """The numeric entries of `metrics` (bools and NaN-free floats included), nested dicts flattened."""
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            out.update(numbers_of(value, f"{prefix}{key}/"))
-        elif isinstance(value, numbers.Number):
-            out[f"{prefix}{key}"] = float(value)
-    return out
