@@ -138,3 +138,86 @@ def test_non_finite_updates_are_skipped_then_stop_the_stage(four_models, tiny_to
         fold_score_stats(four_models[2], float("nan"), 1.0)  # a reward model that scores NaN
         train_ppo(four_models, tiny_tokenizer, ids, cfg, log=logs.append, progress=False)
     assert any("skipped" in line for line in logs)
+
+
+# ----------------------------------------------------------------------------- a rollout, number by number
+
+def logprobs_token_by_token(actor, prompt, response, temperature):
+    """log pi(response[t] | prompt, response[:t]) / T-scaled, one forward per token on the
+    unpadded sequence: no left padding, no position ids, no logits_to_keep.  (n,)"""
+    out = []
+    for t in range(len(response)):
+        logits = actor(input_ids=torch.cat([prompt, response[:t]])[None]).logits[0, -1]  # (V,)
+        out.append(torch.log_softmax(logits.float() / temperature, -1)[response[t]])
+    return torch.stack(out)
+
+
+def head_token_by_token(scorer, prompt, response):
+    """The scalar head on the last hidden state of prompt + response[:t], t = 0..n: V(s_t) for
+    t < n, and at t = n the score of the whole answer.  (n + 1,)"""
+    out = []
+    for t in range(len(response) + 1):
+        hidden = scorer.model(input_ids=torch.cat([prompt, response[:t]])[None]).last_hidden_state[0, -1]
+        out.append(scorer.score(hidden.float()).squeeze())
+    return torch.stack(out)
+
+
+def gae_loop(values, rewards, gamma, lam):
+    """GAE of one answer of n tokens, backwards over t, the next value 0 after the last.  (n,)"""
+    advantages, running = torch.zeros_like(values), 0.0
+    for t in reversed(range(len(values))):
+        next_value = values[t + 1] if t + 1 < len(values) else 0.0
+        running = rewards[t] + gamma * next_value - values[t] + gamma * lam * running
+        advantages[t] = running
+    return advantages
+
+
+def test_rollout_values_match_a_token_by_token_recomputation(four_models, tiny_tokenizer):
+    """Every tensor of a rollout against a slow, obvious computation of the same quantity: the
+    log-probs (and the reference's), values read one position before each token, the score at
+    the last real token, the mask up to the first EOS, rewards, GAE and whitening."""
+    actor, reference, reward_model, critic = four_models
+    bonus = torch.zeros(actor.lm_head.out_features)
+    bonus[tiny_tokenizer.eos_token_id] = 2.5  # answers end at different lengths; the reference has no bonus
+    actor.lm_head.register_forward_hook(lambda module, inputs, out: out + bonus)
+    fold_score_stats(reward_model, 0.3, 2.0)  # non-trivial scores; the critic keeps its raw head
+    cfg = make_config("ppo", "ci", temperature=0.7, max_new_tokens=8, kl_coef=0.2, missing_eos_penalty=1.0)
+    batch, _ = prompt_batch(tiny_tokenizer, n=6)
+    torch.manual_seed(5)
+    r, _ = make_rollout(four_models, tiny_tokenizer, batch["input_ids"], batch["attention_mask"],
+                        cfg, cfg.kl_coef, Timer())
+    eos, pad, R = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id, r.responses.shape[1]
+    lengths = r.mask.sum(1).long().tolist()
+    assert len(set(lengths)) > 1 and r.has_eos.any() and not r.has_eos.all()
+    advantages = torch.zeros(r.mask.shape)
+    with torch.no_grad():
+        for b, n in enumerate(lengths):
+            prompt, response = batch["input_ids"][b][batch["attention_mask"][b].bool()], r.responses[b, :n]
+            ended = bool((response == eos).any())
+            assert bool(r.has_eos[b]) == ended and (not ended or (response == eos).nonzero()[0].item() == n - 1)
+            assert n == R or ended                                          # the mask stops at the first EOS
+            assert r.mask[b, :n].eq(1).all() and r.mask[b, n:].eq(0).all() and r.responses[b, n:].eq(pad).all()
+            assert torch.equal(r.query_responses[b, r.P:], r.responses[b])
+            assert torch.equal(r.attention_mask[b], torch.cat([batch["attention_mask"][b], r.mask[b].long()]))
+            logprobs = logprobs_token_by_token(actor, prompt, response, cfg.temperature)
+            ref_logprobs = logprobs_token_by_token(reference, prompt, response, cfg.temperature)
+            values = head_token_by_token(critic, prompt, response)[:n]
+            raw_score = head_token_by_token(reward_model, prompt, response)[n]
+            torch.testing.assert_close(r.logprobs[b, :n], logprobs, atol=1e-5, rtol=0)
+            torch.testing.assert_close(r.ref_logprobs[b, :n], ref_logprobs, atol=1e-5, rtol=0)
+            torch.testing.assert_close(r.values[b, :n], values, atol=1e-5, rtol=0)
+            torch.testing.assert_close(r.raw_scores[b], raw_score, atol=1e-5, rtol=0)
+            score = (raw_score - (0.0 if ended else cfg.missing_eos_penalty)).clamp(-cfg.score_clip, cfg.score_clip)
+            torch.testing.assert_close(r.scores[b], score, atol=1e-5, rtol=0)
+            kl_penalty = -cfg.kl_coef * (logprobs - ref_logprobs)           # (n,)
+            rewards = kl_penalty.clone()
+            rewards[n - 1] += score                                         # the score on the last real token
+            torch.testing.assert_close(r.non_score_rewards[b, :n], kl_penalty, atol=1e-5, rtol=0)
+            torch.testing.assert_close(r.rewards[b, :n], rewards, atol=1e-5, rtol=0)
+            assert r.rewards[b, n:].eq(0).all() and r.non_score_rewards[b, n:].eq(0).all()
+            advantages[b, :n] = gae_loop(values, rewards, cfg.gamma, cfg.lam)
+            torch.testing.assert_close(r.returns[b, :n], advantages[b, :n] + values, atol=1e-5, rtol=0)
+    valid = advantages[r.mask.bool()]                                       # whitened over valid tokens only
+    whitened = (advantages - valid.mean()) / valid.std()
+    torch.testing.assert_close(r.advantages[r.mask.bool()], whitened[r.mask.bool()], atol=1e-4, rtol=0)
+    assert r.advantages[~r.mask.bool()].eq(0).all()
