@@ -6,6 +6,7 @@ where it would put the CUDA one, so backward scales, unscale_ runs once, and an 
 skipped by the scaler, which halves its scale. tests/test_cuda.py runs the same on a real GPU.
 """
 import copy
+import math
 from functools import partial
 
 import pytest
@@ -159,8 +160,10 @@ def test_three_ppo_iterations_in_fp16_update_and_start_at_ratio_one(tiny_tokeniz
     actor, critic, history, _ = train_ppo(models, tiny_tokenizer, prompt_ids(), cfg,
                                           log=lambda m: None, progress=False)
     assert len(history) == 3
+    skipped = 0
     for row in history:
-        assert "policy_loss" in row and row["loss_scale"] >= 1.0
+        skipped += row["skipped_updates"]
+        assert "policy_loss" in row and row["loss_scale"] == 2.0 ** 16 / 2 ** skipped  # halved per overflow only
         assert all(torch.isfinite(torch.tensor(float(v))) for v in row.values())
     assert history[0]["ratio_mean"] == 1.0 and history[0]["clipfrac"] == 0.0  # the first ratio, exactly
     assert [row["skipped_updates"] for row in history[1:]] == [0, 0]   # after at most one back-off, every step trains
@@ -169,13 +172,72 @@ def test_three_ppo_iterations_in_fp16_update_and_start_at_ratio_one(tiny_tokeniz
     assert next(actor.parameters()).dtype == torch.float32          # master weights stay fp32
 
 
+def overflow_in_first_backward(calls):
+    """ppo_losses whose first policy loss sends back a gradient 1e35 times too large: the loss and
+    its statistics are finite, the scaled gradients (x 2^16) overflow fp32, as a real fp16 overflow."""
+    def losses(actor, critic, mb, P, cfg):
+        pg_loss, vf_loss, stats = ppo_losses(actor, critic, mb, P, cfg)
+        calls.append(1)
+        if len(calls) == 1:
+            pg_loss.register_hook(lambda grad: grad * 1e35)
+        return pg_loss, vf_loss, stats
+    return losses
+
+
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_ppo_fp16_overflow_skips_the_step_halves_the_scale_and_keeps_its_statistics(tiny_tokenizer, monkeypatch,
+                                                                                    iterations):
+    """One update per iteration; the first overflows. It must change no weight of either model,
+    halve the scale once, keep its (finite) statistics and not count as a bad update
+    (max_bad_updates=1 would stop the run); the next iteration trains at the halved scale."""
+    cfg = config.make_config("ppo", "ci", iterations=iterations, ppo_epochs=1, rollout_batch=8, minibatch=8,
+                             max_new_tokens=6, mixed_precision="fp16", max_bad_updates=1)
+    monkeypatch.setattr(ppo_loop, "ppo_losses", overflow_in_first_backward([]))
+    models = four_models(len(tiny_tokenizer))
+    before = [copy.deepcopy(m.state_dict()) for m in (models[0], models[3])]
+    logs = []
+    actor, critic, history, _ = train_ppo(models, tiny_tokenizer, prompt_ids(), cfg, log=logs.append, progress=False)
+    first = history[0]
+    assert first["skipped_updates"] == 1 and first["loss_scale"] == 2.0 ** 15
+    assert any("1 update(s) skipped (fp16 overflow" in line for line in logs)
+    assert "actor_grad_norm" not in first                               # no norm of an overflowed gradient
+    assert all(math.isfinite(first[k]) for k in ("policy_loss", "value_loss", "ratio_mean", "clipfrac"))
+    unchanged = [all(torch.equal(old[k], v) for k, v in m.state_dict().items()) for old, m in zip(before, (actor, critic))]
+    if iterations == 1:
+        assert unchanged == [True, True]
+    else:
+        assert history[1]["skipped_updates"] == 0 and history[1]["loss_scale"] == 2.0 ** 15
+        assert unchanged == [False, False] and "actor_grad_norm" in history[1]
+
+
 def test_one_optimizer_steps_both_models_with_their_own_rates_and_clipping(tiny_tokenizer):
-    cfg = config.make_config("ppo", "ci")
-    actor, _, _, critic = four_models(len(tiny_tokenizer))
+    """One update_step: each model's gradient is clipped to max_grad_norm on its own (not the two
+    together), and each group moves by Adam's first step at its own learning rate."""
+    cfg = config.make_config("ppo", "ci", rollout_batch=4, minibatch=4, max_new_tokens=6, max_grad_norm=1e-3,
+                             actor_lr=1e-3, critic_lr=3e-2)
+    models = four_models(len(tiny_tokenizer))
+    rollout, _ = rollout_of(models, tiny_tokenizer, cfg, n=4)
+    actor, critic = models[0], models[3]
     optimizer, _ = make_optimizer(actor, critic, cfg)
-    assert [g["lr"] for g in optimizer.param_groups] == [cfg.actor_lr, cfg.critic_lr]
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == \
-        len(list(actor.parameters())) + len(list(critic.parameters()))
+    before = [[p.detach().clone() for p in g["params"]] for g in optimizer.param_groups]
+    applied = []  # the gradients each group is stepped with, after clipping
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: applied.append(
+        [[p.grad.clone() for p in g["params"]] for g in opt.param_groups]))
+    stepped, stats, _ = ppo_loop.update_step(actor, critic, minibatch(rollout, torch.arange(4)), rollout.P, cfg,
+                                             optimizer, make_accelerator("no"), 4)
+    assert stepped and len(applied) == 1
+    norm = lambda grads: float(torch.cat([g.flatten() for g in grads]).norm())
+    actor_grads, critic_grads = applied[0]
+    assert len(actor_grads) == len(list(actor.parameters())) and len(critic_grads) == len(list(critic.parameters()))
+    assert stats["actor_grad_norm"] > 10 * cfg.max_grad_norm and stats["critic_grad_norm"] > 10 * cfg.max_grad_norm
+    assert norm(actor_grads) == pytest.approx(cfg.max_grad_norm, rel=1e-4)    # each clipped to its own norm
+    assert norm(critic_grads) == pytest.approx(cfg.max_grad_norm, rel=1e-4)
+    for lr, params, old, grads in zip((cfg.actor_lr, cfg.critic_lr), optimizer.param_groups, before, applied[0]):
+        decay = params["weight_decay"]
+        for p, p0, g in zip(params["params"], old, grads):
+            # AdamW's first step: p <- p (1 - lr wd) - lr g / (|g| + eps)   (bias corrections cancel)
+            expected = p0 * (1 - lr * decay) - lr * g / (g.abs() + params["eps"])
+            torch.testing.assert_close(p.detach(), expected, atol=1e-7, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- the PPO math in fp32
