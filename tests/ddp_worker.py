@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from accelerate import Accelerator  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_pre_hook  # noqa: E402
 from transformers import OPTConfig, OPTForCausalLM, OPTForSequenceClassification  # noqa: E402
 
 from rlhf import data, reward, sft  # noqa: E402
@@ -39,6 +40,8 @@ def sequences(n, length, seed):
 
 
 INITIAL = {}  # the weights before training, saved beside the result
+FIRST_GRADS = {}  # the gradients the first optimiser step applies, by position in its groups
+NO_CLIP = 1e9  # max_grad_norm of the runs whose first gradients are compared: clipping would hide their scale
 
 
 def remember(model):
@@ -46,12 +49,19 @@ def remember(model):
     return model
 
 
+def record_first_gradients(optimizer, args, kwargs):
+    """A step pre-hook on every optimiser: what the first step applies (after DDP's average)."""
+    if not FIRST_GRADS:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        FIRST_GRADS.update({str(i): p.grad.detach().clone() for i, p in enumerate(params) if p.grad is not None})
+
+
 def run_sft(per_device):
     torch.manual_seed(0)
     model = remember(OPTForCausalLM(opt_config()))
     items = [{"input_ids": s, "labels": [-100] * 3 + s[3:]} for s in sequences(32, 8, 1)]
     cfg = make_config("actor", "ci", batch_size=per_device, max_steps=3, checkpoint_every=0, lr=1e-2,
-                      mixed_precision=PRECISION)
+                      mixed_precision=PRECISION, max_grad_norm=NO_CLIP)
     model, _ = fit(model, items, partial(data.collate_sft, pad_id=0), sft.sft_loss_fn, cfg,
                    log=lambda m: None, progress=False)
     return model
@@ -62,7 +72,7 @@ def run_rm(per_device):
     model = remember(OPTForSequenceClassification(opt_config(num_labels=1)))
     pairs = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(sequences(32, 8, 2), sequences(32, 8, 3))]
     cfg = make_config("critic", "ci", batch_size=per_device, max_steps=3, checkpoint_every=0, lr=1e-2,
-                      mixed_precision=PRECISION)
+                      mixed_precision=PRECISION, max_grad_norm=NO_CLIP)
     model, _ = fit(model, pairs, partial(data.collate_pairs, pad_id=0), reward.reward_loss_fn, cfg,
                    log=lambda m: None, progress=False)
     return model
@@ -86,7 +96,7 @@ def run_ppo(per_device):
     reward_model = disable_dropout(OPTForSequenceClassification(opt_config(num_labels=1))).eval()
     critic = copy.deepcopy(reward_model)
     cfg = make_config("ppo", "ci", max_new_tokens=6, ppo_epochs=1, rollout_batch=per_device, minibatch=per_device,
-                      mixed_precision=PRECISION)
+                      mixed_precision=PRECISION, max_grad_norm=NO_CLIP)
     batch = data.collate_prompts([s[:4] for s in sequences(8, 6, 4)], 0)
     torch.manual_seed(1)  # the same rollout in every process
     rollout, _ = make_rollout((actor, copy.deepcopy(actor).eval(), reward_model, critic), Tok(), batch["input_ids"],
@@ -132,11 +142,13 @@ def run(task, out, per_device):
              "ppo_nan": lambda n: ppo_loop(n, out, iterations=2, max_bad_updates=10, nan_on_rank=1),
              "ppo_adaptive": lambda n: ppo_loop(n, out, adaptive_kl=True, target_kl=0.5, kl_horizon=20),
              "ppo_resume": lambda n: ppo_loop(n, out, iterations=4, checkpoint_every=2)}
+    register_optimizer_step_pre_hook(record_first_gradients)
     model = tasks[task](per_device)
     state = Accelerator(cpu=True)
     weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(weights, str(out / f"{task}-{state.num_processes}-{state.process_index}.safetensors"))
     save_file({k: v.contiguous() for k, v in INITIAL.items()}, str(out / f"{task}-initial.safetensors"))
+    save_file(FIRST_GRADS, str(out / f"{task}-{state.num_processes}-{state.process_index}-grads.safetensors"))
 
 
 if __name__ == "__main__":
