@@ -5,8 +5,10 @@ so must the weights they end with. Four tiny random OPT models (tests/test_ppo_d
 import jupytext
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import util
+from test_rollout import head_token_by_token, logprobs_token_by_token
 from conftest import ROOT
 from test_ppo_details import make_models, prompt_ids
 
@@ -18,13 +20,19 @@ def loop_cell() -> str:
     return cells[0].source
 
 
-def run_loop(tokenizer, cfg, ids, iterations):
-    """The notebook's cell, executed with the names the notebook defines before it."""
+def exec_loop(tokenizer, cfg, ids, iterations) -> dict:
+    """The notebook's cell, executed with the names the notebook defines before it; returns its
+    names afterwards (the last `rollout`, the trained `actor` and `critic`, `loop_history`, ...)."""
     actor, reference, reward_model, critic = make_models(tokenizer)
     names = {"util": util, "torch": torch, "ppo": util.ppo, "cfg": cfg, "tokenizer": tokenizer,
              "prompt_ids": ids, "loop_iterations": iterations,
              "actor": actor, "reference": reference, "reward_model": reward_model, "critic": critic}
     exec(compile(loop_cell(), "notebooks/3_rlhf.py:ppo-loop", "exec"), names)
+    return names
+
+
+def run_loop(tokenizer, cfg, ids, iterations):
+    names = exec_loop(tokenizer, cfg, ids, iterations)
     return names["loop_history"], names["actor"], names["critic"]
 
 
@@ -49,3 +57,52 @@ def test_the_notebook_loop_gives_the_runners_first_iterations(tiny_tokenizer, ov
     for mine, theirs in ((unwrap(loop_actor), actor), (unwrap(loop_critic), critic)):
         for (name, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
             assert torch.equal(a, b), name
+
+
+def ppo_loss_by_hand(actor, critic, rollout, cfg):
+    """PPO's two losses written out the slow way, one answer and one token at a time, each a
+    token mean over the whole minibatch: the clipped surrogate and the clipped value loss."""
+    pg_loss = vf_loss = 0.0
+    tokens = rollout.mask.sum()
+    for b in range(rollout.responses.shape[0]):
+        n = int(rollout.mask[b].sum())
+        prompt = rollout.query_responses[b, :rollout.P][rollout.attention_mask[b, :rollout.P].bool()]
+        response, advantages, returns = rollout.responses[b, :n], rollout.advantages[b, :n], rollout.returns[b, :n]
+        ratio = torch.exp(logprobs_token_by_token(actor, prompt, response, cfg.temperature) - rollout.logprobs[b, :n])
+        clipped_ratio = ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
+        pg_loss = pg_loss + torch.maximum(-advantages * ratio, -advantages * clipped_ratio).sum() / tokens
+        values, old = head_token_by_token(critic, prompt, response)[:n], rollout.values[b, :n]
+        clipped_values = old + (values - old).clamp(-cfg.clip_value, cfg.clip_value)
+        vf_loss = vf_loss + 0.5 * torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2).sum() / tokens
+    return pg_loss, vf_loss
+
+
+def test_the_notebook_loops_first_update_is_ppo_computed_by_hand(tiny_tokenizer):
+    """The test above compares two callers of the same functions, so a wrong function passes it.
+    Here one iteration of the cell (one minibatch, one update) is held against PPO written out by
+    hand on fresh copies of the models: its logged losses, the gradients the optimiser applies
+    (unclipped, so their scale shows) and the weights after AdamW's first step at each model's rate."""
+    cfg = util.make_config("ppo", "ci", iterations=1, ppo_epochs=1, rollout_batch=8, minibatch=8, max_new_tokens=6,
+                           temperature=0.7, max_grad_norm=1e9, mixed_precision="no")
+    applied = []
+    hook = register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: applied.append(
+        [[p.grad.clone() for p in group["params"]] for group in optimizer.param_groups]))
+    try:
+        names = exec_loop(tiny_tokenizer, cfg, prompt_ids(tiny_tokenizer, 8), 1)
+    finally:
+        hook.remove()
+    assert len(applied) == 1
+    actor, _, _, critic = make_models(tiny_tokenizer)  # the weights the loop started from
+    pg_loss, vf_loss = ppo_loss_by_hand(actor, critic, names["rollout"], cfg)
+    assert names["loop_history"][0]["policy_loss"] == pytest.approx(pg_loss.item(), abs=1e-6)
+    assert names["loop_history"][0]["value_loss"] == pytest.approx(vf_loss.item(), abs=1e-6)
+    (pg_loss + vf_loss).backward()
+    unwrap = lambda model: getattr(model, "module", model)
+    groups = zip((actor, critic), (unwrap(names["actor"]), unwrap(names["critic"])), applied[0],
+                 (cfg.actor_lr, cfg.critic_lr), names["optimizer"].param_groups)
+    for start, trained, grads, lr, group in groups:
+        assert len(grads) == len(list(start.parameters()))
+        for p0, p1, g in zip(start.parameters(), trained.parameters(), grads):
+            torch.testing.assert_close(g, p0.grad, atol=1e-7, rtol=1e-4)
+            adamw_first_step = p0 * (1 - lr * group["weight_decay"]) - lr * g / (g.abs() + group["eps"])
+            torch.testing.assert_close(p1.detach(), adamw_first_step.detach(), atol=1e-7, rtol=1e-5)
