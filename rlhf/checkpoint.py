@@ -228,9 +228,18 @@ def load_train_state(folder, optimizers: dict, schedulers: dict, rank: int = 0) 
     return meta["progress"]
 
 
+def recover_on_one_process(accelerator, folder) -> None:
+    """recover(folder) in the main process while the others wait (a collective: every process
+    calls it). Run by every rank at once, two would both find only `.old` and both rename it
+    back, and the second's os.replace would fail."""
+    if accelerator.is_main_process:
+        recover(folder)
+    accelerator.wait_for_everyone()
+
+
 def has_train_state(folder) -> bool:
+    """The folder holds a resumable training state (recover it first: recover_on_one_process)."""
     folder = Path(folder)
-    recover(folder)
     return (folder / "train_state.json").exists() and (folder / "train_state.safetensors").exists()
 
 

@@ -19,9 +19,9 @@ from . import faults, ppo
 from .reward import TokenScorer
 from .rollout import make_rollout, response_logits, response_values
 from .runtime import halve_on_oom
-from .train import (adamw, all_processes, enable_gradient_checkpointing, is_overflow, loss_scale,
-                    make_accelerator, mean_over_processes, restore_scaler, scaler_state,
-                    sum_over_processes)
+from .train import (adamw, all_processes, average_gradients, enable_gradient_checkpointing, is_overflow,
+                    loss_scale, make_accelerator, mean_over_processes, out_of_memory_together, restore_scaler,
+                    scaler_state, sum_over_processes)
 
 
 class Timer:
@@ -56,33 +56,29 @@ def ppo_losses(actor, critic, mb, P: int, cfg):
 
 def accumulate_gradients(actor, critic, mb, P, cfg, accelerator, micro: int, tokens: float):
     """Backward of the minibatch's losses in chunks of `micro` rows. Returns its stats, or None
-    when a loss is not finite in any process (then no process has taken a backward step that
-    synchronises, so none waits for another).
+    when a loss is not finite in any process (then every process skips the step).
 
     The losses are token means, so each chunk's is weighted by its share of `tokens` (the valid
-    tokens of the minibatch over all processes) times the number of processes, which DDP's
-    average divides out: the gradients add up to the unsplit ones. Gradients are all-reduced
-    once, on the last chunk (`no_sync` on the others).
+    tokens of the minibatch over all processes) times the number of processes, which the gradient
+    average divides out: the gradients add up to the unsplit ones. Every backward runs under
+    `no_sync`, an out-of-memory error on any rank is raised on all (out_of_memory_together), and
+    the gradients are averaged once, after the last chunk.
     """
-    starts = range(0, mb["mask"].shape[0], micro)
     totals, finite = defaultdict(float), True
-    for start in starts:
+    for start in range(0, mb["mask"].shape[0], micro):
         chunk = {k: v[start:start + micro] for k, v in mb.items()}
         weight = chunk["mask"].sum() * accelerator.num_processes / max(tokens, 1.0)
-        last = start == starts[-1]
-        with contextlib.ExitStack() as stack:
-            if not last:
-                for model in (actor, critic):
-                    stack.enter_context(accelerator.no_sync(model))
+        with accelerator.no_sync(actor), accelerator.no_sync(critic), out_of_memory_together(accelerator):
             with accelerator.autocast():
                 pg_loss, vf_loss, stats = ppo_losses(actor, critic, chunk, P, cfg)
             finite = finite and bool(torch.isfinite(pg_loss) and torch.isfinite(vf_loss))
-            if last and not all_processes(accelerator, finite):  # one collective a step, on every rank
-                return None
             if finite:
                 accelerator.backward((pg_loss + vf_loss) * weight)  # disjoint parameters: each model its own gradient
         for k, v in stats.items():
             totals[k] += float(v) * float(chunk["mask"].sum()) / max(float(mb["mask"].sum()), 1.0)
+    if not all_processes(accelerator, finite):
+        return None
+    average_gradients(accelerator, (actor, critic))
     return totals
 
 
@@ -113,8 +109,9 @@ def update_step(actor, critic, mb, P, cfg, optimizer, accelerator, micro: int, l
     optimizer.zero_grad(set_to_none=True)
     if stepped:
         return True, {**stats, "actor_grad_norm": actor_norm, "critic_grad_norm": critic_norm}, micro
-    # an fp16 overflow skips the step, but its forward was sound: its statistics count
-    return False, (stats if is_overflow(accelerator, stats) else {}), micro
+    # an fp16 overflow skips the step, but its forward was sound: its statistics count (decided
+    # for all ranks at once, or they would average different sets of keys)
+    return False, (stats if all_processes(accelerator, is_overflow(accelerator, stats)) else {}), micro
 
 
 def ppo_update(actor, critic, rollout, cfg, optimizer, accelerator, generator, micro=None, log=print):
@@ -254,7 +251,7 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, log=print, judge=None,
     """
     from tqdm.auto import tqdm
 
-    from .checkpoint import gather_rng_states
+    from .checkpoint import gather_rng_states, recover_on_one_process
 
     accelerator = make_accelerator(cfg.mixed_precision)
     world = accelerator.num_processes
@@ -272,6 +269,8 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, log=print, judge=None,
         if frozen is not None:
             frozen.to(accelerator.device).eval().requires_grad_(False)
     torch.manual_seed(cfg.seed + accelerator.process_index)  # each process samples its own answers
+    if resume_dir:
+        recover_on_one_process(accelerator, resume_dir)
     state = load_resume(resume_dir, accelerator.unwrap_model(actor), accelerator.unwrap_model(critic).model,
                         optimizer, schedule, log, accelerator.process_index) or \
         {"iteration": 0, "kl_coef": cfg.kl_coef, "bad_in_a_row": 0, "history": [], "samples": [], "sizes": {}}

@@ -17,8 +17,9 @@ from torch.optim import AdamW
 from transformers import get_linear_schedule_with_warmup
 
 from . import faults
-from .checkpoint import gather_rng_states, has_train_state, load_train_state, load_weights, save_checkpoint
-from .runtime import free_gpu_cache, halve_on_oom, keep_freed_cpu_memory, resolve_mixed_precision
+from .checkpoint import (gather_rng_states, has_train_state, load_train_state, load_weights,
+                         recover_on_one_process, save_checkpoint)
+from .runtime import free_gpu_cache, halve_on_oom, is_oom, keep_freed_cpu_memory, resolve_mixed_precision
 
 
 def make_accelerator(mixed_precision: str):
@@ -119,6 +120,47 @@ def all_processes(accelerator, flag: bool) -> bool:
     return sum_over_processes(accelerator, float(not flag)) == 0
 
 
+def any_process(accelerator, flag: bool) -> bool:
+    """True when `flag` holds in some process (a collective, as sum_over_processes)."""
+    return sum_over_processes(accelerator, float(flag)) > 0
+
+
+@contextlib.contextmanager
+def out_of_memory_together(accelerator):
+    """Run the block; with several processes, an out-of-memory error in it on any of them is
+    raised on all, once every one has run it (one scalar all-reduce). halve_on_oom then redoes
+    the step with half the micro-batch on every rank at once, so no rank ever waits in a
+    collective that another, retrying, does not join. One process: the block, nothing added."""
+    if accelerator.num_processes == 1:
+        yield
+        return
+    ran_out = False
+    try:
+        yield
+    except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_oom(err):
+            raise
+        ran_out = True  # the error, and the tensors its frames hold, are let go here
+    if any_process(accelerator, ran_out):
+        raise torch.OutOfMemoryError(f"out of memory in a micro-batch in {'this' if ran_out else 'another'} "
+                                     "process (lower micro_batch / grad_accum to start smaller)")
+
+
+def average_gradients(accelerator, models) -> None:
+    """Every trainable parameter's gradient averaged over the processes, in place: DDP's
+    all-reduce, done once after the step's last micro-batch has got through out_of_memory_together
+    (the backward passes run under no_sync, so an error inside one cannot strand a rank in DDP's)."""
+    if accelerator.num_processes == 1:
+        return
+    for model in models:
+        for param in model.parameters():
+            if param.requires_grad:
+                if param.grad is None:  # every rank must reduce the same tensors
+                    param.grad = torch.zeros_like(param)
+                torch.distributed.all_reduce(param.grad)
+                param.grad.div_(accelerator.num_processes)
+
+
 def mean_over_processes(accelerator, stats: dict) -> dict:
     """Every number of `stats` averaged over the processes, so each rank logs and decides the same
     (every rank must pass the same keys)."""
@@ -141,25 +183,26 @@ def accumulate_step(model, items, collate, loss_fn, accelerator, micro: int, ste
     """Forward/backward over `items` in micro-batches of `micro`; returns the step's stats.
 
     Each micro-batch's mean loss is weighted by its share of `step_units` (the loss units of the
-    step's whole batch over all processes) times the number of processes, which DDP's gradient
+    step's whole batch over all processes) times the number of processes, which the gradient
     average divides out again: the gradient is the token mean of the global batch whatever the
-    split into processes and micro-batches. Gradients are all-reduced once, on the last
-    micro-batch (`no_sync` on the others).
+    split into processes and micro-batches. Every backward runs under `no_sync`, an out-of-memory
+    error on any rank is raised on all (out_of_memory_together), and the gradients are averaged
+    once, after the last micro-batch.
     """
     batches = [collate(items[i:i + micro]) for i in range(0, len(items), micro)]
     units = [loss_units(batch) for batch in batches]
     scale = accelerator.num_processes / max(step_units, 1.0)
     stats_sum = {}
-    for i, (batch, n) in enumerate(zip(batches, units)):
+    for batch, n in zip(batches, units):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        last = i == len(batches) - 1
-        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+        with accelerator.no_sync(model), out_of_memory_together(accelerator):
             with accelerator.autocast():
                 loss, stats = loss_fn(model, batch)
             # a micro-batch with nothing to learn has an undefined (NaN) mean: it adds nothing
             accelerator.backward(loss * (n * scale) if n else loss.nan_to_num() * 0.0)
         for key, value in stats.items():
             stats_sum[key] = stats_sum.get(key, 0.0) + float(value) * n / max(sum(units), 1)
+    average_gradients(accelerator, [model])
     return stats_sum
 
 
@@ -201,6 +244,8 @@ def is_overflow(accelerator, stats) -> bool:
 def resume(model, optimizer, scheduler, accelerator, resume_dir, log) -> dict:
     """Training progress: fresh, or restored from the resumable checkpoint in `resume_dir`."""
     progress = {"step": 0, "micro": None, "bad_in_a_row": 0, "history": {"steps": [], "epochs": []}}
+    if resume_dir:
+        recover_on_one_process(accelerator, resume_dir)
     if resume_dir and has_train_state(resume_dir):
         load_weights(model, resume_dir)
         progress = load_train_state(resume_dir, {"model": optimizer}, {"model": scheduler},

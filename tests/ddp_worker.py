@@ -17,6 +17,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook  # noqa: E402
 from transformers import OPTConfig, OPTForCausalLM, OPTForSequenceClassification  # noqa: E402
 
 from rlhf import data, reward, sft  # noqa: E402
+from rlhf import ppo_loop as ppo_loop_module  # noqa: E402
 
 # fp32: the test compares 1 and 2 processes to < 2%; bf16 rounding (auto on a bf16 CPU) would
 # add its own noise of that size and hide what is being checked, the gradient averaging
@@ -56,14 +57,21 @@ def record_first_gradients(optimizer, args, kwargs):
         FIRST_GRADS.update({str(i): p.grad.detach().clone() for i, p in enumerate(params) if p.grad is not None})
 
 
-def run_sft(per_device):
+def run_sft(per_device, out=None, fault_on_rank=None, **overrides):
+    """fit on 32 sequences; with fault_on_rank=(rank, call, fault), that rank's loss_fn call number
+    `call` is given FAULTS[fault]; each rank then writes its log lines."""
     torch.manual_seed(0)
     model = remember(OPTForCausalLM(opt_config()))
     items = [{"input_ids": s, "labels": [-100] * 3 + s[3:]} for s in sequences(32, 8, 1)]
-    cfg = make_config("actor", "ci", batch_size=per_device, max_steps=3, checkpoint_every=0, lr=1e-2,
-                      mixed_precision=PRECISION, max_grad_norm=NO_CLIP)
-    model, _ = fit(model, items, partial(data.collate_sft, pad_id=0), sft.sft_loss_fn, cfg,
-                   log=lambda m: None, progress=False)
+    cfg = make_config("actor", "ci", **{"batch_size": per_device, "max_steps": 3, "checkpoint_every": 0,
+                                        "lr": 1e-2, "mixed_precision": PRECISION, "max_grad_norm": NO_CLIP,
+                                        **overrides})
+    rank, loss_fn, logs = Accelerator(cpu=True).process_index, sft.sft_loss_fn, []
+    if fault_on_rank and fault_on_rank[0] == rank:
+        loss_fn = on_call(loss_fn, fault_on_rank[1], FAULTS[fault_on_rank[2]])
+    model, _ = fit(model, items, partial(data.collate_sft, pad_id=0), loss_fn, cfg, log=logs.append, progress=False)
+    if out is not None:
+        (out / f"log-{rank}.txt").write_text("\n".join(logs))
     return model
 
 
@@ -76,6 +84,50 @@ def run_rm(per_device):
     model, _ = fit(model, pairs, partial(data.collate_pairs, pad_id=0), reward.reward_loss_fn, cfg,
                    log=lambda m: None, progress=False)
     return model
+
+
+def raise_oom(grad):
+    raise torch.OutOfMemoryError("CUDA out of memory (injected into a backward by tests/ddp_worker.py)")
+
+
+def on_call(fn, number, fault):
+    """fn, except that its `number`-th call's output goes through fault(output) (in place)."""
+    calls = []
+
+    def wrapped(*args):
+        out = fn(*args)
+        calls.append(1)
+        if len(calls) == number:
+            fault(out)
+        return out
+    return wrapped
+
+
+def oom_in_backward(out):
+    out[0].register_hook(raise_oom)  # the loss: its backward raises out-of-memory
+
+
+def overflow_with_infinite_stat(out):
+    """fp16: a finite loss whose scaled gradient overflows, and on this rank a statistic that is
+    not finite (the decision to keep an overflowed step's statistics must still be all-rank)."""
+    out[0].register_hook(lambda grad: grad * 1e35)
+    out[-1]["approx_kl"] = torch.tensor(float("inf"))
+
+
+FAULTS = {"oom": oom_in_backward, "overflow": overflow_with_infinite_stat}
+
+
+def slow_replace(seconds):
+    """os.replace after a pause, so that two ranks that both decided to rename collide for sure."""
+    import os
+    import time
+
+    real = os.replace
+
+    def replace(src, dst):
+        time.sleep(seconds)
+        return real(src, dst)
+    os.replace = replace
 
 
 class Tok:
@@ -117,6 +169,7 @@ def ppo_loop(per_device, out, **overrides):
     from rlhf.ppo_loop import train_ppo
 
     nan_rank = overrides.pop("nan_on_rank", None)
+    fault = overrides.pop("fault_on_rank", None)
     torch.manual_seed(0)
     actor = remember(disable_dropout(OPTForCausalLM(opt_config())))
     reward_model = disable_dropout(OPTForSequenceClassification(opt_config(num_labels=1))).eval()
@@ -129,10 +182,14 @@ def ppo_loop(per_device, out, **overrides):
         reward.fold_score_stats(reward_model, float("nan"), 1.0)
     prompts = [s[:4] for s in sequences(16, 6, 4)]
     resume_dir = out / "resume" if cfg.checkpoint_every else None
+    if fault and fault[0] == rank:
+        ppo_loop_module.ppo_losses = on_call(ppo_loop_module.ppo_losses, fault[1], FAULTS[fault[2]])
+    logs = []
     actor, _, history, _ = train_ppo((actor, copy.deepcopy(actor).eval(), reward_model, critic),
-                                     Tok(), prompts, cfg, log=lambda m: None, progress=False,
+                                     Tok(), prompts, cfg, log=logs.append, progress=False,
                                      resume_dir=resume_dir)
     (out / f"history-{rank}.json").write_text(json.dumps(history))
+    (out / f"log-{rank}.txt").write_text("\n".join(logs))
     return actor
 
 
@@ -141,7 +198,15 @@ def run(task, out, per_device):
              # NaN reward statistics on rank 1 only: every update must be skipped on both ranks
              "ppo_nan": lambda n: ppo_loop(n, out, iterations=2, max_bad_updates=10, nan_on_rank=1),
              "ppo_adaptive": lambda n: ppo_loop(n, out, adaptive_kl=True, target_kl=0.5, kl_horizon=20),
-             "ppo_resume": lambda n: ppo_loop(n, out, iterations=4, checkpoint_every=2)}
+             "ppo_resume": lambda n: ppo_loop(n, out, iterations=4, checkpoint_every=2),
+             # rank 1 runs out of memory in the backward of the first step's last micro-batch (of 2)
+             "sft_oom": lambda n: run_sft(n, out, fault_on_rank=(1, 2, "oom"), grad_accum=2),
+             "ppo_oom": lambda n: ppo_loop(n, out, iterations=2, micro_batch=n // 2, fault_on_rank=(1, 2, "oom")),
+             # fp16: the first update overflows, and only rank 1 sees a non-finite statistic
+             "ppo_overflow": lambda n: ppo_loop(n, out, iterations=2, mixed_precision="fp16", max_bad_updates=10,
+                                                fault_on_rank=(1, 1, "overflow")),
+             # resumed after a crash between save_checkpoint's two renames, each rename 2 s slow
+             "ppo_recover": lambda n: (slow_replace(2.0), ppo_loop(n, out, iterations=4, checkpoint_every=2))[1]}
     register_optimizer_step_pre_hook(record_first_gradients)
     model = tasks[task](per_device)
     state = Accelerator(cpu=True)

@@ -1,5 +1,7 @@
 """The same training functions in 2 processes (DDP over gloo, on the CPU) and in 1: parameters
 stay identical across ranks, and 2 processes x B match 1 process x 2B within tolerance."""
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(task, out, per_device, processes, launcher="torchrun", env=None):
+def launch(task, out, per_device, processes, launcher="torchrun", env=None, timeout=300):
+    """Run tests/ddp_worker.py TASK in `processes` processes; fails on a non-zero exit, and on a
+    hang: after `timeout` seconds the launcher and its workers are stopped (none left waiting)."""
     if processes == 1:
         cmd = [sys.executable, str(WORKER), task, str(out), str(per_device)]
     elif launcher == "notebook_launcher":
@@ -27,9 +31,19 @@ def launch(task, out, per_device, processes, launcher="torchrun", env=None):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), task,
                str(out), str(per_device)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", **(env or {})})
-    assert result.returncode == 0, result.stderr[-3000:]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", **(env or {})})
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # torchrun passes SIGTERM on to its workers (each in its own session)
+        try:
+            _, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            _, stderr = process.communicate()
+        raise AssertionError(f"{task} in {processes} processes hung for {timeout} s: {stderr[-2000:]}")
+    assert process.returncode == 0, stderr[-3000:]
 
 
 @pytest.mark.parametrize("task, per_device", [("sft", 4), ("rm", 4), ("ppo", 4)])
@@ -142,3 +156,59 @@ def test_two_process_ppo_resumes_where_it_would_have_been(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), f"rank {rank} differs after the resume"
     untimed = lambda runs: [[{k: v for k, v in row.items() if not k.startswith("time_")} for row in h] for h in runs]
     assert untimed(histories(whole)) == untimed(histories(resumed))
+
+
+# ----------------------------------------------------------------------------- faults on one rank
+
+def same_weights_on_both_ranks(out, task):
+    rank0, rank1 = (load_file(str(out / f"{task}-2-{rank}.safetensors")) for rank in (0, 1))
+    initial = load_file(str(out / f"{task}-initial.safetensors"))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "the ranks' weights differ"
+    assert any(not torch.equal(rank0[k], initial[k]) for k in initial), "nothing trained"
+
+
+def logs(out):
+    return [(out / f"log-{rank}.txt").read_text() for rank in (0, 1)]
+
+
+@pytest.mark.parametrize("task, what", [("sft_oom", "micro-batch"), ("ppo_oom", "PPO micro-batch")])
+def test_out_of_memory_on_one_rank_in_the_last_backward_halves_on_both(task, what, tmp_path):
+    """Rank 1 alone runs out of memory in the backward of a step's last micro-batch (of 2), after
+    the step's other collectives. Every rank must learn of it and redo the step with half the
+    micro-batch, together: no rank may wait in a gradient all-reduce that the other never joins
+    (launch fails on its timeout), and the ranks end with the same weights."""
+    launch(task, tmp_path, 4, 2, timeout=240)
+    assert all(f"{what} halved to 1 rows" in log for log in logs(tmp_path)), logs(tmp_path)
+    same_weights_on_both_ranks(tmp_path, task)
+
+
+def test_fp16_overflow_keeps_or_drops_its_statistics_on_every_rank_alike(tmp_path):
+    """fp16: the first update overflows, and only rank 1 sees a non-finite statistic. Whether the
+    overflowed step's statistics count is one decision for all ranks (here: they do not, as rank
+    1's are not finite); per rank, the ranks would average different key sets and hang or fail."""
+    launch("ppo_overflow", tmp_path, 4, 2, timeout=240)
+    first, second = histories(tmp_path)
+    assert [h["skipped_updates"] for h in first] == [h["skipped_updates"] for h in second] == [1, 0]
+    assert [sorted(h) for h in first] == [sorted(h) for h in second]
+    assert "policy_loss" not in first[0] and "policy_loss" in first[1]
+    assert first[0]["loss_scale"] == second[0]["loss_scale"] == 2.0 ** 15
+    same_weights_on_both_ranks(tmp_path, "ppo_overflow")
+
+
+def test_a_crash_between_the_two_renames_is_recovered_by_one_rank(tmp_path):
+    """The resumable checkpoint after a crash between save_checkpoint's renames: the folder moved
+    to .resume.old, the new one still .resume.tmp. The rerun's ranks must not both put .old back
+    (each rename here takes 2 s, so two ranks that both try collide for sure): rank 0 recovers
+    while rank 1 waits, and both resume at iteration 2."""
+    with pytest.raises(AssertionError):
+        launch("ppo_resume", tmp_path, 4, 2, env={"RLHF_FAULT": "step:3"}, timeout=240)  # killed after iteration 3
+    resume = tmp_path / "resume"
+    os.replace(resume, tmp_path / ".resume.old")                         # the first rename happened,
+    (tmp_path / ".resume.tmp").mkdir()                                  # the second did not
+    (tmp_path / ".resume.tmp" / "model.safetensors").write_bytes(b"half written")
+    launch("ppo_recover", tmp_path, 4, 2, timeout=240)
+    assert (resume / "train_state.json").exists() and not list(tmp_path.glob(".resume.*"))
+    first, second = histories(tmp_path)
+    assert [h["iteration"] for h in first] == [h["iteration"] for h in second] == [1, 2, 3, 4]
+    assert all("resumed from" in log and "at iteration 2" in log for log in logs(tmp_path))
+    same_weights_on_both_ranks(tmp_path, "ppo_recover")
