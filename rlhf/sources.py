@@ -32,6 +32,7 @@ import re
 from pathlib import Path
 
 from .data import DataError, _check_row, load_dataset_dir
+from .hub import hub_reachable
 
 EVAL_SPLITS = ("test", "validation", "valid", "eval")
 LAYOUTS = ("auto", "rm-static", "hh-rlhf", "columns")
@@ -80,8 +81,6 @@ def open_source(data_dir: str, hub_timeout_s: float = 3.0):
 def open_hub(dataset_id: str, hub_timeout_s: float = 3.0):
     """A Hub dataset, or DataError naming the id and why not (not a local path, offline, no access)."""
     import datasets
-
-    from .models import hub_reachable
 
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", dataset_id):
         raise DataError(f"{dataset_id}: no such file or folder, and not a Hub dataset id")

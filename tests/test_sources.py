@@ -105,9 +105,7 @@ def test_hub_id_offline_is_a_clear_error_in_seconds(monkeypatch):
 def test_hub_id_online_goes_through_load_dataset(monkeypatch, tmp_path):
     import datasets
 
-    from rlhf import models
-
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s=3.0: (True, "stub"))
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout_s=3.0: (True, "stub"))
     rows = {"prompt": ["\n\nHuman: hi\n\nAssistant:"] * 4, "response": [" hello"] * 4,
             "chosen": [" hello"] * 4, "rejected": [" go away"] * 4}
     fake = datasets.DatasetDict(train=datasets.Dataset.from_dict(rows), test=datasets.Dataset.from_dict(rows))
