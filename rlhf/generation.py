@@ -92,7 +92,7 @@ def chat(model, tokenizer, question, max_new_tokens: int = 48, do_sample: bool =
          temperature: float = 1.0) -> str:
     """Ask `model` a question and return its answer. `question` is a string or chat messages
     ([{"role": "user", "content": ...}, ...]), formatted by the tokenizer's chat template: the
-    training format (rlhf.data.CHAT_TEMPLATE), as `transformers.pipeline` formats messages too."""
+    training format (rlhf.chat.CHAT_TEMPLATE), as `transformers.pipeline` formats messages too."""
     messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                         return_dict=True)["input_ids"]

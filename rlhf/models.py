@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .chat import CHAT_TEMPLATE
 from .checkpoint import read_json
 from .config import BaseConfig
 from .hub import hub_reachable
@@ -147,9 +148,7 @@ def load_packaged_base(cfg: BaseConfig, hub_reason: str):
 def with_chat_template(tokenizer):
     """The tokenizer with a chat template: the one an instruction-tuned hub model came with, kept
     (every stage then renders the rows with it, rlhf/chat.py), else the project's own
-    (rlhf.data.CHAT_TEMPLATE): the data's "Human: … Assistant:" format."""
-    from .data import CHAT_TEMPLATE
-
+    (rlhf.chat.CHAT_TEMPLATE): the data's "Human: … Assistant:" format."""
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf import sources
+from rlhf import chat, sources
 from rlhf.config import make_config
 from rlhf.data import DataError, encode_sft
 
@@ -56,8 +56,8 @@ def test_multi_turn_transcript_keeps_the_earlier_turns_in_the_prompt():
     prompt, answer = sources.split_transcript(text)
     assert prompt == "Human: hi\n\nAssistant: hello\n\nHuman: 2+2?\n\nAssistant:" and answer == "4"
     assert sources.canonical_prompt(prompt) == "Human: hi Assistant: hello Human: 2+2? Assistant:"
-    assert sources.prompt_messages(prompt) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                                               {"role": "user", "content": "2+2?"}]
+    assert chat.prompt_messages(prompt) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                                            {"role": "user", "content": "2+2?"}]
 
 
 @pytest.mark.parametrize("layout, field", [("rm-static", "rejected"), ("hh-rlhf", "chosen")])
