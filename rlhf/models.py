@@ -204,6 +204,27 @@ def lora_config(rank: int, task_type: str = "CAUSAL_LM"):
     return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type=task_type)
 
 
+def disable_dropout(model):
+    """Dropout off everywhere (ppo-details #7), so every forward pass is deterministic.
+
+    Some architectures use nn.Dropout modules (GPT-2), others call the functional dropout with
+    a float attribute read from the config (OPT, Llama): both are zeroed, and so is the config.
+    """
+    rates = ("dropout", "attention_dropout", "activation_dropout", "layerdrop")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in rates:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    config = model.config
+    for name in list(config.to_dict()):
+        if "dropout" in name or "pdrop" in name or name == "layerdrop":
+            if isinstance(getattr(config, name, None), float):
+                setattr(config, name, 0.0)
+    return model
+
+
 def load_ppo_models(actor_dir, critic_dir, cfg, device=None):
     """The four models of PPO, dropout off (ppo-details #7), on `device` when given:
     (actor, reference, reward, critic).
@@ -217,8 +238,6 @@ def load_ppo_models(actor_dir, critic_dir, cfg, device=None):
     cfg.critic_lora_rank > 0 the critic trains adapters and, in full, its value head ("score").
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from .rollout import disable_dropout
 
     load = lambda auto, folder: disable_dropout(auto.from_pretrained(folder)).to(device or "cpu")
     actor, critic = load(AutoModelForCausalLM, actor_dir), load(AutoModelForSequenceClassification, critic_dir)

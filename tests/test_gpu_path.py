@@ -13,8 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, OPTConfig
 
 from rlhf import checkpoint, config, data, ppo, ppo_loop
+from rlhf.models import disable_dropout
 from rlhf.ppo_loop import Timer, make_optimizer, minibatch, ppo_losses, ppo_update, train_ppo
-from rlhf.rollout import disable_dropout, make_rollout
+from rlhf.rollout import make_rollout
 from rlhf.runtime import choose_precision
 from rlhf.sft import sft_loss_fn
 from rlhf.train import enable_gradient_checkpointing, fit, make_accelerator
