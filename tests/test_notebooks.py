@@ -15,6 +15,16 @@ from conftest import NOTEBOOKS, ROOT
 sys.path.insert(0, str(ROOT / "tools"))
 import build_notebooks  # noqa: E402
 import run_pipeline  # noqa: E402
+from rlhf.colab import colab_link  # noqa: E402
+
+# A line break between two Chinese characters (or full-width punctuation) renders as a stray
+# space; `> ` continues a quoted block on the next line.
+CJK = "[\u2e80-\u9fff\u3000-\u303f\uff00-\uffef]"
+CJK_BREAK = re.compile(rf"{CJK}\n[ \t]*(?:>[ \t]*)*{CJK}")
+
+
+def read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(ROOT / f"{name}.ipynb", as_version=4)
 
 
 def test_every_notebook_equals_its_source():
@@ -98,3 +108,27 @@ def test_make_runs_kernels_start_without_the_tcp_encryption_warning(tmp_path, ca
                                      progress_bar=False, kernel_manager_class=run_pipeline.CurveKernelManager)
     assert out.cells[0].outputs[0]["text"] == "42\n"
     assert "without encryption" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_first_code_cell_a_reader_sees_is_short(name):
+    """On GitHub the first cell is not folded: at most 12 lines (it was 78 of Colab plumbing)."""
+    cells = read(name).cells
+    tagged = build_notebooks.parameters_index(cells, name)
+    assert cells[tagged + 1].cell_type == "code"
+    assert len(cells[tagged + 1].source.splitlines()) <= 12
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_notebook_opens_with_its_colab_link(name):
+    first = read(name).cells[0]
+    assert first.cell_type == "markdown"
+    assert f"({colab_link(name + '.ipynb')})" in first.source and "colab-badge.svg" in first.source
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_no_line_break_between_two_chinese_characters_in_markdown(name):
+    seams = [m.group() for c in read(name).cells if c.cell_type == "markdown"
+             for m in CJK_BREAK.finditer(c.source)]
+    assert seams == []
+
