@@ -132,3 +132,12 @@ def test_no_line_break_between_two_chinese_characters_in_markdown(name):
              for m in CJK_BREAK.finditer(c.source)]
     assert seams == []
 
+
+
+def test_readme_has_no_line_break_between_two_chinese_characters():
+    assert [m.group() for m in CJK_BREAK.finditer((ROOT / "README.md").read_text())] == []
+
+
+def test_readme_links_every_notebook_to_colab():
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in NOTEBOOKS if colab_link(f"{name}.ipynb") not in readme] == []
