@@ -11,7 +11,7 @@
 # reward model's score rose but the gold score did not, the policy learned to please the reward
 # model rather than to answer better.
 #
-# > **4 · RLHF 改变了什么？** SFT actor 和 RLHF 策略回答同一批留出的提示词，分别用采样（PPO 训练的就是采样分布）和贪心解码。三个评判标准：**奖励模型**分数（PPO 优化的目标）、**gold judge**（笔记本 0：知道正确答案的程序，从不参与训练，仅限内置数据）、相对 SFT 模型的 **KL**（RLHF 移动了多远）。如果奖励模型分数涨了而 gold 分数没涨，说明策略学会的是讨好奖励模型，而不是答得更好。
+# > **4 · RLHF 改变了什么？** SFT actor 和 RLHF 策略回答同一批留出的提示词，分别用采样（PPO 训练的就是采样分布）和贪心解码。三个评判标准：**奖励模型**分数（PPO 优化的目标）、**gold judge**（笔记本 0：知道正确答案的程序，从不参与训练，仅限内置数据）、相对 SFT 模型的 **KL 散度**（RLHF 移动了多远）。如果奖励模型分数涨了而 gold 分数没涨，说明策略学会的是讨好奖励模型，而不是答得更好。
 
 # %% tags=["parameters"]
 PRESET = "auto"
@@ -129,7 +129,7 @@ for prompt in changed[:6]:
 # Along PPO training, the reward model's score and the gold score of the sampled answers. When
 # both rise together, the reward model was a good proxy; a score rising alone is reward hacking.
 #
-# > **策略学会的是任务，还是只学会了讨好奖励模型？** PPO 训练过程中采样回答的奖励模型分数和 gold 分数。两者一起上升，说明奖励模型是个好的替代目标；只有奖励分数上升就是 reward hacking（奖励作弊）。
+# > **策略学会的是任务，还是只学会了讨好奖励模型？** PPO 训练过程中采样回答的奖励模型分数和 gold 分数。两者一起上升，说明奖励模型是个好的代理指标；只有奖励分数上升就是 reward hacking（奖励作弊）。
 
 # %%
 history = util.read_json(f"{rlhf_dir}/metrics.json")["history"]
