@@ -27,6 +27,17 @@
 # > KL 散度惩罚、价值）→ 计算**优势**（GAE）→ 若干 **epoch** 的裁剪更新。本笔记本分四步：(1) 在玩具张量上逐个运行 `rlhf/ppo.py` 的函数；(2) 在真实模型上逐步运行一次迭代，并列出一条回答的每个数；
 # > (3) 用同样的函数在一个简短的单元格里写出训练循环；(4) 用库里的训练器（可续训、可多进程）完整训练，它的数字与循环完全一致。
 
+# %% [markdown]
+# ![One PPO iteration: the actor samples answers to prompts; the actor, the reference, the reward model and the critic each read them; KL-penalised rewards; GAE; the PPO update of actor and critic](docs/ppo_flow.png)
+#
+# What flows between the four models in one iteration (`tools/make_diagram.py` draws it): the
+# actor samples `query_responses`; the actor and the reference give `logprobs` and
+# `ref_logprobs`, the reward model a `score`, the critic `values`; the per-token rewards are the
+# KL penalty plus the score on the last token; GAE turns rewards and values into advantages and
+# returns; the PPO epochs update the actor (policy loss) and the critic (value loss).
+#
+# > 一次迭代里四个模型之间流动的数据（由 `tools/make_diagram.py` 画出）：actor 采样出 `query_responses`；actor 和参考模型给出 `logprobs` 与 `ref_logprobs`，奖励模型给出 `score`，critic 给出 `values`；每个 token 的奖励是 KL 散度惩罚，最后一个 token 再加上分数；GAE 由奖励和价值算出优势和回报；PPO 的若干 epoch 更新 actor（策略损失）和 critic（价值损失）。图中橙色是训练的模型，蓝色是冻结的模型，灰色是数据。
+
 # %% tags=["parameters"]
 PRESET = "auto"
 DATA = "dataset"

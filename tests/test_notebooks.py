@@ -164,3 +164,21 @@ def test_chinese_terms():
     found = {name: [term for term in ("白化", "替代目标") if term in text] for name, text in texts.items()}
     found.update({name: found[name] + ["手算"] for name in NOTEBOOKS if "手算" in texts[name]})
     assert {name: terms for name, terms in found.items() if terms} == {}
+
+
+def test_the_ppo_picture_is_made_by_the_project_and_shown(tmp_path):
+    """tools/make_diagram.py draws the four models and their data flow into a small PNG; the
+    committed one is under 100 KB, and README and notebook 3 show it."""
+    import make_diagram
+    from matplotlib.image import imread
+
+    assert make_diagram.main([str(tmp_path / "flow.png")]) == 0
+    height, width, _ = imread(tmp_path / "flow.png").shape
+    assert width > height > 300
+    texts = " ".join(text for _, _, text, _ in make_diagram.BOXES.values())
+    for name in ["actor", "reference", "reward model", "critic", "ref_logprobs", "GAE", "PPO"]:
+        assert name in texts
+    committed = ROOT / "docs" / "ppo_flow.png"
+    assert committed.stat().st_size < 100_000 and imread(committed).shape == (height, width, 4)
+    assert "](docs/ppo_flow.png)" in (ROOT / "README.md").read_text()
+    assert any("](docs/ppo_flow.png)" in c.source for c in read("3_rlhf").cells if c.cell_type == "markdown")
