@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,12 +26,19 @@ NOTEBOOKS = ["0_download", "1_actor", "2_critic", "3_rlhf", "4_test"]
 
 
 class CurveKernelManager(AsyncKernelManager):
-    """A kernel manager that hands the kernel CurveZMQ keys where pyzmq supports them: ipykernel
-    7.3+ otherwise prints "Kernel is running over TCP without encryption" at every notebook."""
+    """A kernel manager whose kernel talks over encrypted or local-only sockets. ipykernel 7.3+
+    prints "Kernel is running over TCP without encryption" at every notebook otherwise, which a new
+    user reads as an error. Where pyzmq has CurveZMQ, the manager provisions its keys (jupyter_client
+    8.10's transport_encryption, "auto": when the kernelspec declares support, as ipykernel's does);
+    without it, on Linux and macOS, the sockets are IPC files in Jupyter's runtime folder instead
+    of TCP ports, which only this user can reach, and the kernel has nothing to warn about."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.transport_encryption = "auto" if zmq.has("curve") else "disabled"
+        if zmq.has("curve"):
+            self.transport_encryption = "auto"
+        elif os.name == "posix":
+            self.transport = "ipc"
 
 
 def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path | None = None,
