@@ -2,6 +2,7 @@
 `make run PRESET=tiny` that a reader can see on GitHub, cleaned of what changes from run to run."""
 import json
 import re
+import signal
 import subprocess
 import sys
 
@@ -112,6 +113,25 @@ def test_make_runs_kernels_start_without_the_tcp_encryption_warning(tmp_path, ca
                                      progress_bar=False, kernel_manager_class=run_pipeline.CurveKernelManager)
     assert out.cells[0].outputs[0]["text"] == "42\n"
     assert "without encryption" not in capfd.readouterr().err
+
+
+def test_make_runs_kernels_get_no_sigint_at_shutdown(tmp_path):
+    """jupyter_client interrupts every kernel (its whole process group) before shutting it down;
+    landing while the kernel handled a last message, that SIGINT printed "KeyboardInterrupt caught
+    in kernel." after some notebooks of a make run. The signals sent are recorded here."""
+    sent = []
+
+    class Recording(run_pipeline.CurveKernelManager):
+        async def _async_signal_kernel(self, signum):
+            sent.append(signum)
+            await super()._async_signal_kernel(signum)
+
+    source = tmp_path / "one.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('ready')")]), source)
+    out = papermill.execute_notebook(str(source), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                     progress_bar=False, kernel_manager_class=Recording)
+    assert out.cells[0].outputs[0]["text"] == "ready\n"
+    assert signal.SIGINT not in sent
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
