@@ -134,6 +134,19 @@ def test_make_runs_kernels_get_no_sigint_at_shutdown(tmp_path):
     assert signal.SIGINT not in sent
 
 
+def test_a_build_replaces_an_older_first_cell_and_badge(tmp_path):
+    """A source still carrying another first cell (any `# @title` cell, e.g. the old 78-line
+    finder from a branch merged later) or badge gets exactly the current ones."""
+    source = tmp_path / "1_actor.py"
+    source.write_text("# %% [markdown]\n# [![Open In Colab](old)](old)\n\n# %% [markdown]\n# # Title\n\n"
+                      '# %% tags=["parameters"]\nPRESET = "auto"\n\n'
+                      '# %% cellView="form"\n# @title Find the project, set up Colab, import util\nimport os\n\n'
+                      "# %%\nprint(1)\n")
+    cells = build_notebooks.read_source(source).cells
+    assert [c.source for c in cells] == [build_notebooks.badge_cell("1_actor").source, "# Title",
+                                         'PRESET = "auto"', build_notebooks.FIRST_CELL, "print(1)"]
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_the_first_code_cell_a_reader_sees_is_short(name):
     """On GitHub the first cell is not folded: at most 12 lines (it was 78 of Colab plumbing)."""

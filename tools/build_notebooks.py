@@ -57,7 +57,7 @@ from rlhf.colab import in_colab, setup_colab
 setup_colab()  # Colab only: pip-installs what requirements.txt wants and lacks (never torch)
 import util  # only now: it imports transformers
 print("project:", os.getcwd(), "| Colab:", in_colab(), "| GPU:", util.has_gpu())"""
-FIRST_CELL_MARK = FIRST_CELL.splitlines()[0]
+FIRST_CELL_MARK = "# @title "  # a build replaces any cell that starts so, whatever its title (an older first cell too)
 # The top of every notebook: a link that opens it from GitHub in Colab (rlhf/colab.py, GITHUB_REPO)
 BADGE = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})"
 BADGE_MARK = BADGE.split("]", 1)[0]
