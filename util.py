@@ -18,7 +18,7 @@ A thin facade over the `rlhf` package, where each piece lives in a short module:
   rlhf/generation.py  sampling, decoding, chat
   rlhf/checkpoint.py  atomic Hugging Face checkpoint folders, resumable training state
   rlhf/runtime.py     precision choice, out-of-memory back-off, seeds, cache, logging
-  rlhf/colab.py       finding the project and setting up Colab (the notebooks' first cell)
+  rlhf/colab.py       setting up Colab (the notebooks' first cell), the Open-in-Colab links
   rlhf/sources.py     DATA from files, save_to_disk folders or the Hub; rm-static/hh-rlhf layouts
   rlhf/chat.py        the chat template; rows rendered with a hub model's own one
   rlhf/overrides.py   stage.field=value settings (the SET parameter) and command-line flags
