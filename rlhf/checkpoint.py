@@ -23,11 +23,19 @@ def _siblings(out: Path) -> tuple[Path, Path]:
 
 
 def recover(out_dir) -> None:
-    """Finish an interrupted swap: if only the `.old` copy survived, put it back."""
+    """Finish an interrupted swap: if only the `.old` copy survived, put it back.
+
+    Every process of a run that loads a checkpoint calls this (require_checkpoint); if another
+    put `.old` back between our check and our rename, the checkpoint is in place and that is all.
+    """
     out = Path(out_dir)
     tmp, old = _siblings(out)
     if not out.exists() and old.exists():
-        os.replace(old, out)
+        try:
+            os.replace(old, out)
+        except FileNotFoundError:
+            if not out.exists():
+                raise
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -189,6 +189,25 @@ def test_interrupted_swap_recovers_previous_checkpoint(tmp_path, tiny_tokenizer)
     assert not old.exists() and not (tmp_path / ".critic.tmp").exists()
 
 
+def test_two_processes_recovering_the_same_swap_do_not_collide(tmp_path, tiny_tokenizer, monkeypatch):
+    """Every rank of a multi-process stage loads its input checkpoint (require_checkpoint), so two
+    can find the same lone `.old` at once. Here the other process puts it back between this one's
+    check and its rename: this one's os.replace finds nothing to move, and recovery must still
+    succeed (the checkpoint is in place)."""
+    out = tmp_path / "actor"
+    checkpoint.save_checkpoint(out, tokenizer=tiny_tokenizer, metrics={"v": 1})
+    out.rename(tmp_path / ".actor.old")  # a crash between the two renames
+    real_replace = checkpoint.os.replace
+
+    def the_other_process_first(src, dst):
+        real_replace(src, dst)           # the other rank's rename
+        real_replace(src, dst)           # ours: FileNotFoundError, src is gone
+    monkeypatch.setattr(checkpoint.os, "replace", the_other_process_first)
+    checkpoint.recover(out)
+    assert json.loads((out / "metrics.json").read_text()) == {"v": 1}
+    assert not (tmp_path / ".actor.old").exists()
+
+
 def test_missing_checkpoint_names_the_notebook(tmp_path):
     with pytest.raises(FileNotFoundError, match="1_actor.ipynb"):
         checkpoint.require_checkpoint(tmp_path / "actor", "actor")
