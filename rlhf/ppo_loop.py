@@ -154,6 +154,7 @@ def rollout_stats(rollout, kl_coef):
         "eos_rate": float(rollout.has_eos.float().mean()),
         "empty_responses": int((mask.sum(1) <= 1).sum()),
         "advantage_std": float(ppo.masked_var(rollout.advantages, mask).sqrt()),
+        "explained_variance": float(ppo.explained_variance(rollout.values, rollout.returns, mask)),
         "kl_coef": kl_coef,
     }
 

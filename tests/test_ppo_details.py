@@ -125,7 +125,10 @@ def test_missing_eos_costs_the_penalty_after_normalisation(models, tiny_tokenize
     torch.testing.assert_close(rollout.raw_scores, (raw - 0.3) / 0.5)  # normalised once, in the head
     no_eos = torch.tensor([0.0, 1.0, 0.0, 1.0])
     torch.testing.assert_close(rollout.scores, (raw - 0.3) / 0.5 - 1.5 * no_eos)
-    assert ppo_loop.rollout_stats(rollout, cfg.kl_coef)["eos_rate"] == 0.5
+    logged = ppo_loop.rollout_stats(rollout, cfg.kl_coef)
+    assert logged["eos_rate"] == 0.5
+    assert logged["explained_variance"] == pytest.approx(  # the critic's, logged every iteration
+        float(ppo.explained_variance(rollout.values, rollout.returns, rollout.mask)))
     # score() on its own: the reward model's units, clipping at score_clip
     cfg = make_config("ppo", "ci", missing_eos_penalty=1.0, score_clip=0.5)
     _, scores = score(models[2], rollout.query_responses, rollout.attention_mask, no_eos == 0, cfg)
