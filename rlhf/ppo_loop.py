@@ -326,5 +326,6 @@ def record_iteration(state, rollout, stats, prompts, tokenizer, cfg, judge, log)
         log.record(stats)
     if (it - 1) % cfg.log_samples_every == 0 or it == cfg.iterations:
         state["samples"].append({"iteration": it, "prompt": prompts[0], "response": texts[0],
-                                 "score": float(rollout.raw_scores[0])})
+                                 "ended": bool(ended[0]), "score": float(rollout.raw_scores[0]),
+                                 **({"gold": judge(prompts[0], texts[0], ended[0])} if judge else {})})
     state["iteration"] = it
