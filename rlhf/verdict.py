@@ -114,3 +114,30 @@ def training_verdict(history, samples=(), k: int | None = None) -> str:
             lines.append(f"None of the {len(samples)} logged samples scores above an average SFT answer "
                          "with a flaw the gold judge finds.")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- notebook 4: held-out answers
+
+def share_trend(before: float, after: float, n_before: int, n_after: int) -> str:
+    """'fell' / 'rose' when two shares (each of n answers) differ by more than NOISE_SE standard
+    errors of their difference, sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2); else 'about the same'."""
+    se = math.sqrt(before * (1 - before) / max(n_before, 1) + after * (1 - after) / max(n_after, 1))
+    change = after - before
+    return "rose" if change > NOISE_SE * se and change > 0 else \
+        "fell" if change < -NOISE_SE * se and change < 0 else "about the same"
+
+
+def interval_reading(low: float, high: float) -> str:
+    """'higher' when the whole interval of a difference lies above 0, 'lower' below, else
+    'no clear difference' (0 is inside it)."""
+    return "higher" if low > 0 else "lower" if high < 0 else "no clear difference"
+
+
+def difference_line(label: str, mean_difference: float, low: float, high: float, n: int,
+                    confidence: float = 0.95) -> str:
+    """A paired difference with its bootstrap interval, in words."""
+    reading = {"higher": "the whole interval is above 0: higher beyond the noise of which prompts and samples were drawn",
+               "lower": "the whole interval is below 0: lower beyond the noise of which prompts and samples were drawn",
+               "no clear difference": "0 is inside the interval: no difference these prompts can show"}
+    return (f"{label}: {mean_difference:+.3f} on average over {n} prompts, {confidence:.0%} interval "
+            f"[{low:+.3f}, {high:+.3f}]; {reading[interval_reading(low, high)]}.")

@@ -63,3 +63,18 @@ def test_window_table_lists_present_keys_only():
     rows = verdict.window_table(history([0, 0.1, 1, 1.1], kl=[0, 0, 0.5, 0.6]), ["score", "gold", "kl"], k=2)
     assert [r["number"] for r in rows] == ["score", "kl"]
     assert rows[1]["first 2"] == 0 and rows[1]["last 2"] == pytest.approx(0.55)
+
+
+def test_share_trend_against_the_binomial_noise():
+    # 0.20 -> 0.10 of 400 answers each: se = sqrt(.16/400 + .09/400) = 0.025, change -0.10 = -4 se
+    assert verdict.share_trend(0.20, 0.10, 400, 400) == "fell"
+    assert verdict.share_trend(0.121, 0.106, 404, 404) == "about the same"   # -0.015, se 0.022
+    assert verdict.share_trend(0.06, 0.44, 400, 400) == "rose"
+
+
+def test_interval_readings():
+    assert [verdict.interval_reading(*i) for i in ((0.1, 0.2), (-0.2, -0.01), (-0.1, 0.1))] == \
+        ["higher", "lower", "no clear difference"]
+    line = verdict.difference_line("RLHF minus SFT", 0.144, 0.12, 0.17, 202)
+    assert line.startswith("RLHF minus SFT: +0.144 on average over 202 prompts, 95% interval [+0.120, +0.170]")
+    assert "above 0" in line
