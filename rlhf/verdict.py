@@ -141,3 +141,61 @@ def difference_line(label: str, mean_difference: float, low: float, high: float,
                "no clear difference": "0 is inside the interval: no difference these prompts can show"}
     return (f"{label}: {mean_difference:+.3f} on average over {n} prompts, {confidence:.0%} interval "
             f"[{low:+.3f}, {high:+.3f}]; {reading[interval_reading(low, high)]}.")
+
+
+# ----------------------------------------------------------------------------- notebooks 1 and 2
+
+def mean_difference(before, after) -> dict:
+    """after's mean minus before's, its standard error sqrt(var_b / n_b + var_a / n_a) (two
+    independent samples), and the trend: 'rose' / 'fell' beyond NOISE_SE errors, else 'flat'."""
+    def var(xs):
+        return sum((x - mean(xs)) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
+    change = mean(after) - mean(before)
+    se = math.sqrt(var(before) / len(before) + var(after) / len(after))
+    trend = "rose" if change > NOISE_SE * se else "fell" if change < -NOISE_SE * se else "flat"
+    return {"change": change, "se": se, "trend": trend}
+
+
+def sft_verdict(epochs, greedy_gold, sampled_gold, sampled_flaws, temperature: float) -> str:
+    """The verdict on SFT: its eval loss over the epochs, and the gold of its greedy and sampled
+    answers to the same prompts (sampled_flaws: the judge's flaw list of each sampled answer)."""
+    first, last = epochs[0]["eval_loss"], epochs[-1]["eval_loss"]
+    lines = [f"eval loss {first:.3f} after epoch 1 -> {last:.3f} after epoch {len(epochs)}"
+             if len(epochs) > 1 else f"eval loss {last:.3f} after its one epoch"]
+    counts = {}
+    for flaws in sampled_flaws:
+        for flaw in flaws:
+            counts[flaw] = counts.get(flaw, 0) + 1
+    common = ", ".join(f"{FLAW_NAMES[f]} {n / len(sampled_flaws):.0%}" for f, n in
+                       sorted(counts.items(), key=lambda item: -item[1])[:3]) or "none"
+    flawed = sum(bool(f) for f in sampled_flaws) / len(sampled_flaws)
+    lines.append(f"greedy answers to {len(greedy_gold)} eval prompts: mean gold {mean(greedy_gold):.3f}; sampled "
+                 f"at temperature {temperature:g}: mean gold {mean(sampled_gold):.3f}, {flawed:.0%} with a flaw "
+                 f"(most common: {common})")
+    gap = mean_difference(greedy_gold, sampled_gold)
+    if gap["trend"] == "fell":
+        lines.append(f"Sampling shows what greedy decoding hides ({gap['change']:+.3f} gold, beyond {NOISE_SE:g} "
+                     "standard errors): the habits SFT copied from the demonstrator, and wrong answers drawn from "
+                     "the tail of its distribution. That is the headroom RLHF works on; notebook 4 measures how "
+                     "much of it closes.")
+    else:
+        lines.append(f"Sampled answers are about as good as greedy ones here ({gap['change']:+.3f} gold, within "
+                     f"{NOISE_SE:g} standard errors): little for RLHF to remove.")
+    return "\n".join(lines)
+
+
+def reward_verdict(before: dict, after: dict, pairs: int) -> str:
+    """The verdict on the reward model: held-out pairwise accuracy and margin before and after
+    training, against chance (0.5, with its binomial standard error on `pairs` pairs)."""
+    se = math.sqrt(0.25 / max(pairs, 1))
+    lines = [f"held-out accuracy {before['eval_accuracy']:.3f} before training -> {after['eval_accuracy']:.3f} "
+             f"after, on {pairs} pairs (chance 0.5, standard error {se:.3f}); mean margin "
+             f"{before['eval_margin']:+.2f} -> {after['eval_margin']:+.2f}"]
+    if after["eval_accuracy"] > 0.5 + NOISE_SE * se:
+        lines.append("The reward model ranks the chosen answer first far more often than chance: it learned the "
+                     "preferences of these pairs. Whether it also ranks the policy's new answers correctly is what "
+                     "notebooks 3 and 4 test: answers unlike its training pairs can fool it.")
+    else:
+        lines.append("No better than chance: PPO against this reward model would learn noise. Train longer or "
+                     "check the preference pairs.")
+    return "\n".join(lines)

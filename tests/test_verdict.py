@@ -78,3 +78,20 @@ def test_interval_readings():
     line = verdict.difference_line("RLHF minus SFT", 0.144, 0.12, 0.17, 202)
     assert line.startswith("RLHF minus SFT: +0.144 on average over 202 prompts, 95% interval [+0.120, +0.170]")
     assert "above 0" in line
+
+
+def test_sft_verdict_sees_the_gap_between_greedy_and_sampled_answers():
+    epochs = [{"eval_loss": 1.2}, {"eval_loss": 0.4}]
+    text = verdict.sft_verdict(epochs, [1.0, 1.0, 0.9, 1.0], [0.3, 0.6, 0.3, 0.4], [["rude"], ["wrong"], ["rude", "ramble"], ["rude"]], 1.0)
+    assert "eval loss 1.200 after epoch 1 -> 0.400 after epoch 2" in text
+    assert "mean gold 0.975" in text and "mean gold 0.400, 100% with a flaw (most common: rude 75%" in text
+    assert "Sampling shows what greedy decoding hides" in text
+    same = verdict.sft_verdict(epochs[:1], [1.0, 0.6, 1.0], [1.0, 0.6, 1.0], [[], ["wrong"], []], 0.7)
+    assert "after its one epoch" in same and "about as good as greedy" in same
+
+
+def test_reward_verdict_against_chance():
+    before = {"eval_accuracy": 0.41, "eval_margin": -0.18}
+    assert "far more often than chance" in verdict.reward_verdict(before, {"eval_accuracy": 0.94, "eval_margin": 7.0}, 400)
+    # 0.54 on 100 pairs: 0.5 + 2 * 0.05 = 0.6 not reached
+    assert "No better than chance" in verdict.reward_verdict(before, {"eval_accuracy": 0.54, "eval_margin": 0.1}, 100)
