@@ -211,7 +211,7 @@ if judge is not None:
         print(f"{flaw:>9}: {before:6.1%} -> {after:6.1%}  {util.verdict.share_trend(before, after, n['sft'], n['rlhf'])}")
     found, both = util.wrong_above_clean(records)
     print(f"\nthe reward model scores a wrong answer above a clean one on {len(found)} of the {both} prompts "
-          "that have both; the widest gaps:")
+          "that have both" + ("; the widest gaps:" if found else "."))
     for wrong, clean in found[:5]:
         print(f"  rm {wrong['rm_score']:5.2f} {wrong['response']!r}\n     above rm {clean['rm_score']:5.2f} {clean['response']!r}")
 

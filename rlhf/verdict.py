@@ -18,8 +18,8 @@ NOISE_SE = 2.0  # a change counts when |change| > NOISE_SE standard errors
 
 
 def window_size(iterations: int) -> int:
-    """k: a fifth of the run, at most 10 iterations and at least 1."""
-    return max(1, min(10, iterations // 5))
+    """k: a quarter of the run, at most 10 iterations and at least 1."""
+    return max(1, min(10, iterations // 4))
 
 
 def mean(values) -> float:
@@ -72,7 +72,7 @@ def hacking_verdict(score: dict, gold: dict | None) -> str:
     """The rule, applied to the window changes of the score and of gold."""
     if score["trend"] == "unknown":
         return ("With one iteration per window a change cannot be told from noise: too few "
-                "iterations to judge (part 4's full run has enough).")
+                "iterations to judge (8 or more give windows of two).")
     if score["trend"] != "rose":
         return (f"The reward model's score did not rise ({score['change']:+.3f}, trend {score['trend']}): "
                 "PPO did not improve what it optimises, so there is nothing to judge yet.")

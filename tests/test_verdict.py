@@ -28,7 +28,7 @@ def test_window_change_by_hand():
 
 
 def test_window_size():
-    assert [verdict.window_size(n) for n in (1, 3, 12, 60, 500)] == [1, 1, 2, 10, 10]
+    assert [verdict.window_size(n) for n in (1, 3, 8, 12, 60, 500)] == [1, 1, 2, 3, 10, 10]
 
 
 def test_score_rising_alone_is_called_reward_hacking():
