@@ -141,9 +141,13 @@ print(inspect.getsource(util.sft.sft_loss))
 
 # %% [markdown]
 # ## Before training: samples from the base model
-# `gold` is the judge of notebook 0: 0.4 for the right content, up to 0.6 for behaviour.
+# `gold` is the judge of notebook 0: 0.4 for the right content, up to 0.6 for behaviour. With the
+# offline fallback (`tiny`, `ci`) the base model has random weights, so its answers are strings
+# of the tokenizer's pieces: fragments of words (such as `relan`) and single bytes, shown as �
+# where a byte is only part of a character. A pretrained base model (`smollm2-135m`) writes text,
+# but not yet in the answer format.
 #
-# > **训练前：基础模型的回答。** `gold` 是笔记本 0 介绍的评判器：内容正确得 0.4，行为最多得 0.6。
+# > **训练前：基础模型的回答。** `gold` 是笔记本 0 介绍的评判器：内容正确得 0.4，行为最多得 0.6。用离线后备模型时（`tiny`、`ci`），基础模型的权重是随机的，所以它的回答是分词器词表片段的拼接：单词的碎片（例如 `relan`）和单个字节；一个字节只是某个字符的一部分时显示为 �。预训练的基础模型（`smollm2-135m`）能写出通顺的文字，但还不是回答的格式。
 
 # %%
 from transformers import AutoModelForCausalLM
