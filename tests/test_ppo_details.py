@@ -247,6 +247,16 @@ def run_ppo(tokenizer, draws=0, **overrides):
     return cfg, history
 
 
+def test_logged_samples_carry_whether_they_ended_and_their_gold(tiny_tokenizer):
+    """The verdicts of notebooks 3 and 4 read each logged sample's gold grade (rlhf/verdict.py)."""
+    cfg = make_config("ppo", "ci", iterations=2, max_new_tokens=4, rollout_batch=4, minibatch=4, log_samples_every=1)
+    judge = lambda prompt, text, ended: len(text) / 100 + ended
+    _, _, _, samples = train_ppo(make_models(tiny_tokenizer), tiny_tokenizer, prompt_ids(tiny_tokenizer, 4), cfg,
+                                 log=lambda message: None, judge=judge, prompt_texts=PROMPTS, progress=False)
+    assert len(samples) == 2 and all(s["prompt"] in PROMPTS for s in samples)
+    assert all(s["gold"] == judge(s["prompt"], s["response"], s["ended"]) for s in samples)
+
+
 def test_learning_rate_anneals_linearly_to_zero(tiny_tokenizer, monkeypatch):          # [23]
     lrs = []
 
