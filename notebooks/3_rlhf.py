@@ -489,13 +489,14 @@ ratio_after = (after - logprobs).exp() * mask                                   
 display(token_frame(0, **{"ratio after": ratio_after}))
 
 # %% [markdown]
-# **Reading the ratios.** The last column is π/π_old for each token after the whole update. A
-# token whose ratio left [1 − ε, 1 + ε] moved more than the clip allows one step to reward: its
-# policy term stopped pushing once it got there (its gradient is 0 in the clipped branch), and
-# the other epochs' steps, through other tokens, can still carry it further. Which tokens those
-# are, computed from the table:
+# **Reading the ratios.** The last column is π/π_old for each token after the whole update. Where a
+# token's ratio left [1 − ε, 1 + ε] in the direction its advantage asks (above 1 + ε with a positive
+# advantage, below 1 − ε with a negative one), the clipped term won: its gradient was 0 from then on
+# and the token stopped pushing. Where it left the other way, carried by the updates of other
+# tokens that share the same weights, the unclipped term won and kept pulling it back. Which
+# tokens those are, computed from this update:
 #
-# > **读比率。** 最后一列是整个更新之后每个 token 的 π/π_old。比率离开 [1 − ε, 1 + ε] 的 token，移动幅度超过了裁剪允许单步奖励的范围：到了那里它的策略项就不再推动（裁剪分支的梯度为 0），其他 epoch 中通过其他 token 的更新仍可能把它带得更远。是哪些 token，由下面从表中算出：
+# > **读比率。** 最后一列是整个更新之后每个 token 的 π/π_old。如果某个 token 的比率朝优势要求的方向离开 [1 − ε, 1 + ε]（优势为正时高于 1 + ε，为负时低于 1 − ε），裁剪项胜出：从那时起它的梯度为 0，这个 token 不再推动更新。如果它朝相反方向离开（被共享同一组权重的其他 token 的更新带动），未裁剪项胜出，会继续把它拉回来。是哪些 token，由下面从这次更新中算出：
 
 # %%
 def outside_the_clip(row):
@@ -508,8 +509,8 @@ def outside_the_clip(row):
         pushed = "up" if advantage > 0 else "down"
         agrees = (ratio > 1) == (advantage > 0)
         print(f"  position {t} {token!r}: ratio {ratio:.3f}, whitened advantage {advantage:+.2f} (pushed {pushed}); "
-              + ("it moved the way its advantage asked" if agrees else
-                 "it moved against its own advantage: carried by the updates of the other tokens"))
+              + ("it moved the way its advantage asks: clipped, it stopped pushing" if agrees else
+                 "it moved against its own advantage, carried by the other tokens' updates: the loss pulls it back"))
 
 for row in range(len(responses)):
     outside_the_clip(row)
