@@ -175,9 +175,8 @@ def sft_verdict(epochs, greedy_gold, sampled_gold, sampled_flaws, temperature: f
     gap = mean_difference(greedy_gold, sampled_gold)
     if gap["trend"] == "fell":
         lines.append(f"Sampling shows what greedy decoding hides ({gap['change']:+.3f} gold, beyond {NOISE_SE:g} "
-                     "standard errors): the habits SFT copied from the demonstrator, and wrong answers drawn from "
-                     "the tail of its distribution. That is the headroom RLHF works on; notebook 4 measures how "
-                     "much of it closes.")
+                     "standard errors): the flaws counted above, which its most likely answers avoid, come with "
+                     "sampling. That gap is the headroom RLHF works on; notebook 4 measures how much of it closes.")
     else:
         lines.append(f"Sampled answers are about as good as greedy ones here ({gap['change']:+.3f} gold, within "
                      f"{NOISE_SE:g} standard errors): little for RLHF to remove.")
