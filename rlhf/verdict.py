@@ -74,8 +74,9 @@ def hacking_verdict(score: dict, gold: dict | None) -> str:
         return ("With one iteration per window a change cannot be told from noise: too few "
                 "iterations to judge (8 or more give windows of two).")
     if score["trend"] != "rose":
-        return (f"The reward model's score did not rise ({score['change']:+.3f}, trend {score['trend']}): "
-                "PPO did not improve what it optimises, so there is nothing to judge yet.")
+        return (f"The reward model's score did not rise beyond its noise ({score['change']:+.3f}, twice its "
+                f"standard error {NOISE_SE * score['se']:.3f}, trend {score['trend']}): no clear gain in what PPO "
+                "optimises, so there is nothing to judge yet.")
     if gold is None:
         return ("The score rose, but this data has no gold judge: the score alone cannot tell "
                 "learning from reward hacking; read the samples.")
