@@ -251,7 +251,7 @@ if judge is not None:
     print("wrong answers: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
     if shares["SFT sampled"] > max(shares["SFT greedy"], shares["demonstrations"]):
         print(f"SFT did not copy its wrong answers from the data ({shares['demonstrations']:.1%} wrong there), and its "
-              f"most likely answer is wrong on only {shares['SFT greedy']:.1%} of the prompts. Sampling at temperature "
+              f"most likely answer is wrong on {shares['SFT greedy']:.1%} of the prompts. Sampling at temperature "
               f"{cfg.temperature:g} also draws the less likely tokens, and a small model still gives them real "
               f"probability, often a word that belongs to another question: {shares['SFT sampled']:.1%} of its samples "
               "are wrong. That, with the copied flaws, is why SFT samples below its data.")
