@@ -15,6 +15,7 @@ A thin facade over the `rlhf` package, where each piece lives in a short module:
   rlhf/rollout.py     stage 3: one rollout scored by the four models
   rlhf/ppo_loop.py    stage 3: the PPO update, and the resumable multi-process runner
   rlhf/evaluate.py    stage 4: SFT against RLHF
+  rlhf/verdict.py     verdicts on a run in words, from window means of its own numbers
   rlhf/generation.py  sampling, decoding, chat
   rlhf/checkpoint.py  atomic Hugging Face checkpoint folders, resumable training state
   rlhf/runtime.py     precision choice, out-of-memory back-off, seeds, cache, logging
@@ -26,17 +27,18 @@ A thin facade over the `rlhf` package, where each piece lives in a short module:
   rlhf/cards.py       model cards in every checkpoint, push_to_hub
 
 The math modules are reached as modules (`util.ppo.gae`, `util.reward.pairwise_loss`,
-`util.rollout.score`), everything else by name.
+`util.rollout.score`, `util.verdict.training_verdict`), everything else by name.
 """
 import shutil
 
-from rlhf import ppo, reward, rollout, sft
+from rlhf import ppo, reward, rollout, sft, verdict
 from rlhf.cards import push_to_hub
 from rlhf.checkpoint import read_json, require_checkpoint, save_checkpoint
 from rlhf.config import config_table, make_config
 from rlhf.data import (collate_pairs, collate_prompts, collate_sft, encode_pairs, encode_prompts,
                        encode_sft, format_summary, load_dataset_dir, split_rows, token_table)
-from rlhf.evaluate import evaluate_policies, flaw_table, gold_judge_for, pick_examples, summarize
+from rlhf.evaluate import (bootstrap_interval, evaluate_policies, flaw_table, gold_judge_for, per_prompt_differences,
+                           pick_examples, summarize, wrong_above_clean)
 from rlhf.generation import chat, complete, decode_responses, generate, position_ids_from_mask
 from rlhf.models import (check_tokenizer_matches, count_parameters, get_base, has_gpu,
                          load_ppo_models, load_tokenizer, resolve_preset)

@@ -67,7 +67,9 @@ print(f"preset: {preset} ({reason})")
 overrides = util.check_overrides(SET, preset)  # an unknown or ill-typed field stops here
 base_cfg = util.make_config("base", preset, **{**({"model_name": MODEL, "use_hub": True, "gguf_package": ""} if MODEL else {}), **overrides.get("base", {})})
 data_cfg = util.make_config("data", preset, **{"data_dir": DATA, **overrides.get("data", {})})
-print(util.config_table(base_cfg, show=("model_name",)))
+print(util.config_table(base_cfg, show=("model_name",) if base_cfg.use_hub else ()))
+if not base_cfg.use_hub:
+    print("use_hub is False: no Hub model is asked for; the base model is the offline fallback built below")
 print(util.config_table(data_cfg, show=("split", "max_length")))
 
 # %% [markdown]
@@ -123,10 +125,10 @@ else:
 # %% [markdown]
 # The flaws the judge finds over all training rows: the demonstrations carry the flaws SFT will
 # copy, the chosen answers none, and each rejected answer one or two. The judge's findings agree
-# with the labels the demonstrator drew (a test checks all 11,000 answers of the built-in data).
+# with the labels the demonstrator drew (`tests/test_tasks.py` checks every answer of the built-in
+# train and eval data).
 #
-# > 整个训练集里评判器找到的缺陷：示范回答带着 SFT 会学去的缺陷，chosen 没有缺陷，rejected 每条有一两个。评判器的判断与示范者生成时抽到的缺陷标签完全一致（有测试检查内置数据的全部 11,000
-# > 条回答）。
+# > 整个训练集里评判器找到的缺陷：示范回答带着 SFT 会学去的缺陷，chosen 没有缺陷，rejected 每条有一两个。评判器的判断与示范者生成时抽到的缺陷标签完全一致（`tests/test_tasks.py` 检查内置训练集和评测集的每一条回答）。
 
 # %%
 import matplotlib.pyplot as plt
@@ -160,7 +162,7 @@ if judge is not None:
 # %%
 texts = [r["prompt"] + " " + r[k] for r in train_rows for k in ("response", "chosen", "rejected") if r[k]]
 model, tokenizer, source = util.get_base(base_cfg, texts, fallback=PRESET == "auto" and not MODEL)
-print("source:", source)
+print("loaded:", source)
 print(f"vocabulary {len(tokenizer)} | pad {tokenizer.pad_token!r}={tokenizer.pad_token_id} "
       f"bos {tokenizer.bos_token!r}={tokenizer.bos_token_id} eos {tokenizer.eos_token!r}={tokenizer.eos_token_id}")
 messages = [{"role": "user", "content": "What colour is a banana?"}, {"role": "assistant", "content": "A banana is yellow."}]

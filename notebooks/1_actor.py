@@ -8,11 +8,11 @@
 # response tokens only. The prompt is context, not something to imitate, so its labels are
 # masked (−100), and so are the pads. The built-in demonstrator is imperfect on purpose (rude,
 # rambling, repeated or cut-off answers, notebook 0), so SFT learns its flaws too: that is the
-# headroom RLHF closes in notebook 3.
+# headroom RLHF can close (notebook 3 trains it, notebook 4 measures how much of it closes).
 #
 # $$\mathcal{L}_{\text{SFT}} = -\frac{1}{|R|}\sum_{t \in R} \log \pi_\theta(y_t \mid x, y_{<t})$$
 #
-# > **1 · Actor：监督微调（SFT）。** actor 是学会像示范那样回答的基础模型：只在回答部分的 token 上计算语言模型损失。提示词只是上下文，不需要模仿，所以它的标签被屏蔽（−100），pad 也一样。内置示范者故意不完美（粗鲁、啰嗦、重复、话没说完，见笔记本 0），SFT 会把这些缺陷一起学去：这正是笔记本 3 中 RLHF 要弥补的空间。
+# > **1 · Actor：监督微调（SFT）。** actor 是学会像示范那样回答的基础模型：只在回答部分的 token 上计算语言模型损失。提示词只是上下文，不需要模仿，所以它的标签被屏蔽（−100），pad 也一样。内置示范者故意不完美（粗鲁、啰嗦、重复、话没说完，见笔记本 0），SFT 会把这些缺陷一起学去：这正是 RLHF 可以弥补的空间（笔记本 3 训练它，笔记本 4 测量实际弥补了多少）。
 
 # %% tags=["parameters"]
 PRESET = "auto"     # "auto" follows what 0_download chose
@@ -39,10 +39,13 @@ preset, data_cfg, cfg = util.start("actor", PRESET, DATA, show=("lr", "batch_siz
 
 # %% [markdown]
 # ## Data: the actor's share of the training rows
-# The training rows are split once, deterministically, between the three stages (2:4:4 in the
-# original), so the reward model and PPO see prompts the actor never trained on.
+# The training rows are split once, deterministically, between the three stages in the ratio
+# `data_cfg.split` (actor : critic : rlhf), so the reward model and PPO see prompts the actor never
+# trained on. The default is the original's 2:4:4; the small presets give the actor the largest
+# share (5:3:2), since a model trained from scratch needs more demonstrations to learn the format.
+# The line below prints the rows each stage got.
 #
-# > **数据：actor 分到的训练行。** 训练数据按固定规则一次性分给三个阶段（原项目为 2:4:4），因此奖励模型和 PPO 看到的提示词是 actor 训练时没见过的。
+# > **数据：actor 分到的训练行。** 训练数据按 `data_cfg.split`（actor : critic : rlhf）的比例一次性、确定性地分给三个阶段，因此奖励模型和 PPO 看到的提示词是 actor 训练时没见过的。默认是原项目的 2:4:4；小预设给 actor 最大的份额（5:3:2），因为从零训练的模型需要更多示范才能学会格式。下面一行打印每个阶段分到的行数。
 
 # %%
 base_dir = util.require_checkpoint(util.stage_dir("base"), "base")
@@ -74,9 +77,13 @@ print(inspect.getsource(util.sft.sft_loss))
 
 # %% [markdown]
 # ## Before training: samples from the base model
-# `gold` is the judge of notebook 0: 0.4 for the right content, up to 0.6 for behaviour.
+# `gold` is the judge of notebook 0: 0.4 for the right content, up to 0.6 for behaviour. With the
+# offline fallback (`tiny`, `ci`) the base model has random weights, so its answers are strings
+# of the tokenizer's pieces: fragments of words (such as `relan`) and single bytes, shown as �
+# where a byte is only part of a character. A pretrained base model (`smollm2-135m`) writes text,
+# but not yet in the answer format.
 #
-# > **训练前：基础模型的回答。** `gold` 是笔记本 0 介绍的评判器：内容正确得 0.4，行为最多得 0.6。
+# > **训练前：基础模型的回答。** `gold` 是笔记本 0 介绍的评判器：内容正确得 0.4，行为最多得 0.6。用离线后备模型时（`tiny`、`ci`），基础模型的权重是随机的，所以它的回答是分词器词表片段的拼接：单词的碎片（例如 `relan`）和单个字节；一个字节只是某个字符的一部分时显示为 �。预训练的基础模型（`smollm2-135m`）能写出通顺的文字，但还不是回答的格式。
 
 # %%
 from transformers import AutoModelForCausalLM
@@ -123,15 +130,36 @@ plt.plot([e["step"] for e in history["epochs"]], [e["eval_loss"] for e in histor
 plt.xlabel("step"); plt.legend(); plt.title("SFT loss"); plt.tight_layout(); plt.show()
 
 # %% [markdown]
-# After SFT the actor answers in the data's format and its greedy answers are mostly right, but
-# it also copied the demonstrator's habits: its *sampled* answers are often rude, rambling,
-# repeated or cut off (notebook 4 counts each flaw).
+# After SFT the actor answers in the data's format. Greedy decoding shows its most likely answers,
+# below; whether it also copied the demonstrator's habits shows when it *samples*, as PPO will:
+# the verdict after them samples the actor on more eval prompts and counts the flaws.
 #
-# > SFT 之后，actor 能按数据的格式回答，贪心解码的回答大多正确，但它也学会了示范者的坏习惯：它**采样**
-# > 出的回答经常粗鲁、啰嗦、重复或话没说完（笔记本 4 会逐项统计）。
+# > SFT 之后，actor 能按数据的格式回答。贪心解码给出它最可能的回答（见下）；它是否也学会了示范者的坏习惯，要看它**采样**时的表现（PPO 用的就是采样）：后面的结论在更多评测提示词上采样并统计缺陷。
 
 # %%
 show_samples(model, "actor after SFT (greedy):")
+
+# %% [markdown]
+# ### Verdict
+# Computed by `util.verdict.sft_verdict` from this run: the eval loss over the epochs, and the gold
+# of the actor's greedy and sampled answers (at PPO's temperature) to the same eval prompts, with
+# the flaws the judge finds in the samples. A gap counts only beyond twice its standard error.
+#
+# > ### 结论
+# > 由 `util.verdict.sft_verdict` 从这次训练算出：各 epoch 的验证损失，以及 actor 对同一批评测提示词的贪心回答和采样回答（用 PPO 的温度）的 gold 分数，外加 judge 在采样回答中找到的缺陷。只有超过两倍标准误差的差距才算数。
+
+# %%
+if judge is not None:
+    verdict_prompts = list(dict.fromkeys(r["prompt"] for r in eval_rows))[:64]  # enough answers to count flaws
+    ppo_cfg = util.make_config("ppo", preset, **util.stage_overrides(SET, "ppo"))
+    answers = {}
+    for mode in ("greedy", "sampled"):
+        texts, ended, _ = util.complete(model, tokenizer, verdict_prompts, data_cfg.max_prompt_length, cfg.max_new_tokens,
+                                        do_sample=mode == "sampled", temperature=ppo_cfg.temperature)
+        answers[mode] = list(zip(verdict_prompts, texts, ended))
+    print(util.verdict.sft_verdict(history["epochs"], [judge(*a) for a in answers["greedy"]],
+                                   [judge(*a) for a in answers["sampled"]],
+                                   [util.gold_flaws(*a) for a in answers["sampled"]], ppo_cfg.temperature))
 
 # %%
 metrics = {"preset": preset, "steps": len(steps), "train_seconds": history["train_seconds"],

@@ -108,7 +108,8 @@ with torch.no_grad():  # a fresh head: N(0, 1/sqrt(d+1)) as in Ziegler et al.
     model.score.weight.normal_(0, 1 / (model.score.weight.shape[1] + 1) ** 0.5)
 print(inspect.getsource(util.reward.sequence_scores))
 model.eval()
-print("before training:", {k: round(v, 3) for k, v in util.reward.evaluate_reward(model, eval_pairs, collate).items()})
+before = util.reward.evaluate_reward(model, eval_pairs, collate)
+print("before training:", {k: round(v, 3) for k, v in before.items()})
 
 # %% [markdown]
 # ## Training
@@ -126,6 +127,18 @@ model, history = util.fit(model, train_pairs, collate, util.reward.reward_loss_f
 final = history["epochs"][-1]
 print(f"held-out accuracy {final['eval_accuracy']:.3f}, mean margin {final['eval_margin']:.3f}")
 
+# %% [markdown]
+# ### Verdict
+# Computed by `util.verdict.reward_verdict` from this run: the held-out accuracy (how often the
+# chosen answer scores above the rejected one) and the mean margin, before and after training,
+# against chance.
+#
+# > ### 结论
+# > 由 `util.verdict.reward_verdict` 从这次训练算出：训练前后在留出偏好对上的准确率（chosen 得分高于 rejected 的比例）和平均差值，并与随机猜测比较。
+
+# %%
+print(util.verdict.reward_verdict(before, final, len(eval_pairs)))
+
 # %%
 import matplotlib.pyplot as plt
 chosen, rejected = util.reward.score_pairs(model, eval_pairs, collate)
@@ -138,12 +151,13 @@ plt.tight_layout(); plt.show()
 
 # %% [markdown]
 # ## Reward statistics for PPO
-# PPO adds the reward to a KL penalty of a fixed scale (β = 0.1 per token), so the reward's scale
-# matters: a raw score of a few units swamps the penalty and the policy learns to exploit the
+# In PPO (notebook 3) the reward model's score is added to a second term of a fixed size: a
+# per-token penalty for moving away from the SFT model, explained there. So the score's scale
+# matters: a raw score of several units swamps that penalty and the policy learns to exploit the
 # reward model. We sample answers from the SFT actor on prompts of the PPO split and record their
 # reward's mean and standard deviation; notebook 3 normalises scores with them.
 #
-# > **给 PPO 用的奖励统计量。** PPO 把奖励和固定尺度的 KL 惩罚（每个 token β = 0.1）相加，所以奖励的尺度很重要：几个单位的原始分数会压过惩罚，策略就会去钻奖励模型的空子。我们在 PPO 那份提示词上让
+# > **给 PPO 用的奖励统计量。** 在 PPO 中（笔记本 3），奖励模型的分数要和另一个固定大小的项相加：每个 token 上对偏离 SFT 模型的惩罚（在那里解释）。所以分数的尺度很重要：几个单位的原始分数会压过这个惩罚，策略就会去钻奖励模型的空子。我们在 PPO 那份提示词上让
 # > SFT actor 采样回答，记录奖励的均值和标准差；笔记本 3 用它们把分数归一化。
 
 # %%

@@ -91,9 +91,21 @@ print("mask\n", mask, "\ntruncated\n", truncated, "\nhas_eos", has_eos)
 # β = 0.1 keeps the policy near the reference: without it the actor drifts to whatever text
 # fools the reward model.
 #
+# **The KL term, and why it can be negative.** KL(π‖π_ref) = E_{y∼π}[log π(y) − log π_ref(y)] is
+# an expectation over answers the policy samples, and it is never negative. PPO cannot sum over
+# every possible answer, so it estimates the KL on the tokens it sampled. **k1** = log π − log π_ref
+# is unbiased (its mean over many samples is the KL), but one token, one answer or even one batch
+# can give a negative number: where a sampled token is likelier under the reference than under the
+# policy, its log-ratio is below 0. **k3** = (r − 1) − log r with r = π_ref/π is unbiased too and
+# never negative, with less variance (Schulman, "Approximating KL divergence"). The reward uses
+# k1, as the RLHF papers do; the logs show both (`kl`, `kl_k3`). Below, the first toy answer's
+# k1 is negative: its second token has log π = −2.0 under the policy and −1.5 under the reference.
+#
 # > **2 · 奖励：每个 token 上有 KL 惩罚，最后一个 token 上加分数。** 分数 $s$ 来自奖励模型，用笔记本 2
 # > 在 SFT 回答上测得的统计量归一化（均值 0、标准差 1），没有输出 EOS 的回答再扣一个惩罚，最后裁剪到
 # > ±5。β = 0.1 让策略不远离参考模型；没有它，actor 会漂向任何能骗过奖励模型的文本。
+# >
+# > **KL 项，以及它为什么会是负数。** KL(π‖π_ref) = E_{y∼π}[log π(y) − log π_ref(y)] 是对策略采样出的回答求期望，它永远不小于 0。PPO 无法对所有可能的回答求和，只能用采样到的 token 来估计。**k1** = log π − log π_ref 是无偏估计（大量样本的均值就是 KL），但单个 token、单条回答甚至一整批都可能给出负数：如果采样到的 token 在 reference 下比在策略下更可能，它的对数比就小于 0。**k3** = (r − 1) − log r（r = π_ref/π）也是无偏的，而且永远不为负、方差更小（Schulman，"Approximating KL divergence"）。奖励里用的是 k1（与 RLHF 论文一致），日志里两者都记（`kl`、`kl_k3`）。下面第一条玩具回答的 k1 是负的：它的第二个 token 在策略下 log π = −2.0，在 reference 下是 −1.5。
 
 # %%
 logprobs = torch.tensor([[-1.0, -2.0, -0.5, 0.0, 0.0], [-1.0, -1.0, -1.0, -1.0, -1.0]])
@@ -103,6 +115,7 @@ rewards, non_score = ppo.compute_rewards(scores, logprobs, ref_logprobs, mask, k
 print("rewards\n", rewards)
 print("KL k1 per answer", ppo.kl_per_token(logprobs, ref_logprobs, mask).sum(1),
       "| k3 (never negative)", ppo.kl_per_token(logprobs, ref_logprobs, mask, "k3").sum(1))
+print(inspect.getsource(ppo.compute_rewards))
 
 # %% [markdown]
 # ### 3 · Advantages: GAE over the valid tokens
@@ -135,7 +148,16 @@ print(inspect.getsource(ppo.gae_naive))
 # and nothing is clipped. Once a token's ratio leaves [1 − ε, 1 + ε] in the direction its
 # advantage favours, the clipped term wins and that token stops pushing.
 #
+# **π_old is not π_ref.** π_old is the policy that sampled this rollout: the actor's weights at the
+# start of this iteration, held fixed through its epochs, so the ratio ρ measures how far *this
+# update* has moved each token. π_ref is the SFT model, frozen for the whole run, and the KL
+# penalty in the reward keeps *the whole run* near it. The statistic `approx_kl` =
+# mean[½ (log π − log π_old)²] is the same kind of estimate (k2, never negative) of KL(π_old‖π):
+# the size of one update, not the distance from the reference (that is `kl`).
+#
 # > **4 · 裁剪的策略损失。** 使用标准化后的优势。第一次更新前 π = π_old，所有比率都正好是 1，没有任何裁剪。一旦某个 token 的比率朝着优势鼓励的方向离开 [1 − ε, 1 + ε]，裁剪项胜出，这个 token 就不再推动更新。
+# >
+# > **π_old 不是 π_ref。** π_old 是采样出这次 rollout 的策略：本次迭代开始时 actor 的权重，在这次迭代的各个 epoch 中保持不变，所以比率 ρ 衡量的是*这一次更新*让每个 token 移动了多少。π_ref 是 SFT 模型，在整个训练中冻结，奖励里的 KL 惩罚让*整个训练*不远离它。统计量 `approx_kl` = mean[½ (log π − log π_old)²] 是 KL(π_old‖π) 的同类估计（k2，永不为负）：它是一次更新的大小，而不是与 reference 的距离（那是 `kl`）。
 
 # %%
 new_logprobs = logprobs + torch.tensor([[0.5, -0.1, 0.0, 0.0, 0.0], [0.0, 0.3, 0.0, -0.4, 0.1]])
@@ -143,6 +165,7 @@ loss, stats = ppo.policy_loss(new_logprobs, logprobs, whitened, mask, clip_ratio
 print("ratio\n", (new_logprobs - logprobs).exp() * mask)
 print("policy loss", round(float(loss), 4), {k: round(float(v), 4) for k, v in stats.items()})
 print("at the start:", {k: float(v) for k, v in ppo.policy_loss(logprobs, logprobs, whitened, mask, cfg.clip_ratio)[1].items()})
+print(inspect.getsource(ppo.policy_loss))
 
 # %% [markdown]
 # ### 5 · The clipped value loss
@@ -150,9 +173,13 @@ print("at the start:", {k: float(v) for k, v in ppo.policy_loss(logprobs, logpro
 # The critic regresses its values on the returns, but a value may not move more than c = 0.2
 # from the rollout's in one iteration: where a bigger move would lower the error, the clipped
 # error counts instead (`vf_clipfrac`). At the start (V = V_old) it is half the squared error.
+# How good the critic is shows in its **explained variance**, 1 − Var[R − V] / Var[R] over the
+# valid tokens: 1 when every value equals its return, 0 when the values do no better than one
+# constant guess, below 0 when they do worse. Training logs it every iteration
+# (`explained_variance`).
 #
 # > **5 · 裁剪的价值损失。** critic 把价值回归到回报上，但一次迭代中价值离 rollout 时的值不能超过
-# > c = 0.2：如果更大的移动能降低误差，就改用裁剪后的误差（`vf_clipfrac` 统计其比例）。开始时（V = V_old）它就是平方误差的一半。
+# > c = 0.2：如果更大的移动能降低误差，就改用裁剪后的误差（`vf_clipfrac` 统计其比例）。开始时（V = V_old）它就是平方误差的一半。critic 好不好，看它的**解释方差**（explained variance）：在有效 token 上算 1 − Var[R − V] / Var[R]。每个价值都等于回报时为 1，价值不比一个常数猜测好时为 0，更差时小于 0。训练时每次迭代都记录它（`explained_variance`）。
 
 # %%
 new_values = values + torch.tensor([[0.5, 0.1, -0.05, 3.0, 3.0], [0.0, 0.3, 0.0, -0.1, 0.0]])
@@ -162,6 +189,9 @@ print("value loss", round(float(loss), 4), {k: round(float(v), 4) for k, v in vs
 start_loss, _ = ppo.value_loss(values, values, returns, mask, cfg.clip_value)
 print("at the start:", round(float(start_loss), 4), "= 0.5 * mean squared error",
       round(float(0.5 * ppo.masked_mean((values - returns) ** 2, mask)), 4))
+print("explained variance of the toy values:", round(float(ppo.explained_variance(values, returns, mask)), 4),
+      "| of values equal to the returns:", float(ppo.explained_variance(returns, returns, mask)))
+print(inspect.getsource(ppo.value_loss))
 
 # %% [markdown]
 # ## Part 2 · One iteration by hand, on the real models
@@ -288,15 +318,54 @@ def token_frame(row, **extra):
 display(token_frame(0))
 
 # %% [markdown]
-# **g · One PPO update.** The rollout goes into a `Rollout` (what `util.make_rollout` returns in
-# the loop), and `util.ppo_update` runs `ppo_epochs` passes of clipped updates on it: actor and
-# critic in one AdamW with two parameter groups, each clipped to norm 1. Each minibatch's losses
-# come from `ppo_losses`, printed below. On the first minibatch the ratio is exactly 1; the mean
-# ratio and the clip fraction over all the epochs say how far the update moved the policy. The
-# table then gets the ratio of each token after the update, and the KL, no longer 0.
+# **What the advantage says, and what this table shows.** The advantage of a token is how much
+# better things turned out after it than the critic expected before it: roughly, the rewards that
+# followed (here the score at the end, minus the KL terms) minus the critic's value at that token,
+# with GAE's λ blending in the critic's later guesses. A positive advantage makes the token more
+# likely, a negative one less likely. But the advantage is only as good as the critic: before PPO
+# has trained it, the critic's values are a reward model's guesses partway through an answer, and
+# much of each advantage is the critic's error rather than anything the token did. The cell below
+# measures that on this batch (the critic's explained variance) and points at the rows to read.
 #
-# > **g · 一次 PPO 更新。** 把 rollout 装进一个 `Rollout`（循环里 `util.make_rollout` 返回的就是它），
-# > `util.ppo_update` 在上面做 `ppo_epochs` 轮裁剪更新：actor 和 critic 在同一个 AdamW 里，分成两个参数组，各自把梯度范数裁剪到 1。每个 minibatch 的损失由下面打印的 `ppo_losses` 计算。第一个 minibatch 上比率正好是 1；所有 epoch 的平均比率和裁剪比例说明更新让策略移动了多远。表格随后加上更新后每个 token 的比率，KL 也不再是 0。
+# > **优势说明了什么，这张表又显示了什么。** 一个 token 的优势，是它之后的实际结果比 critic 在它之前的预期好多少：大致是之后得到的奖励（这里是结尾的分数减去各个 KL 项）减去 critic 在这个 token 上的价值，GAE 的 λ 再把 critic 之后的几次估计混合进来。优势为正，这个 token 变得更可能；为负，变得更不可能。但优势的好坏取决于 critic：在 PPO 训练它之前，critic 的价值只是奖励模型对半截回答的猜测，每个优势里很大一部分是 critic 的误差，而不是这个 token 本身的作用。下面的单元格在这一批上度量这一点（critic 的解释方差），并指出值得看的几行。
+
+# %%
+def read_the_table(row):
+    """Remarks on answer `row`'s table, computed from it: the critic's error, the most negative
+    whitened advantage."""
+    frame = token_frame(row)
+    valid = frame[frame["mask"] == 1]
+    explained = float(ppo.explained_variance(values, returns, mask))
+    error = (valid["value"] - valid["return"]).abs().mean()
+    print(f"values {valid['value'].min():.2f} to {valid['value'].max():.2f}, returns {valid['return'].min():.2f} "
+          f"to {valid['return'].max():.2f}: the critic is off by {error:.2f} on average on this answer.")
+    print(f"explained variance over the batch's valid tokens: {explained:.2f} "
+          + ("(below 0.5: most of each advantage is the critic's error, not what the token did)" if explained < 0.5
+             else "(the critic already accounts for most of the returns' spread)"))
+    low = valid["whitened"].idxmin()
+    token, following = valid["token"][low], "".join(valid["token"].iloc[low + 1:])
+    print(f"most negative whitened advantage: {token!r} at position {low} ({valid['whitened'][low]:+.2f} whitened). "
+          f"The critic expected {valid['value'][low]:.2f} from there; the return it learns towards is {valid['return'][low]:.2f} "
+          f"(advantage = return - value = {valid['advantage'][low]:+.2f}); "
+          + (f"what followed was {following!r}. " if following else "it ends the answer. ")
+          + f"The update makes {token!r} less likely after this context.")
+
+read_the_table(0)
+
+# %% [markdown]
+# **g · One PPO update, written out.** The rollout goes into a `Rollout` (what `util.make_rollout`
+# returns in the loop). The update is `ppo_epochs` passes over it; each pass shuffles the answers
+# and cuts them into minibatches, and each minibatch is one optimiser step: the actor's new
+# log-probs give the clipped policy loss, the critic's new values the clipped value loss, one
+# backward of their sum (the two models share no parameter, so each gets only its own gradient),
+# each model's gradient clipped to norm `max_grad_norm` on its own, one AdamW step for both (two
+# parameter groups, two learning rates). Below it is written out with the functions of part 1;
+# `util.ppo_update` does exactly this, plus what long runs need (micro-batches and out-of-memory
+# back-off, skipping non-finite steps, fp16 loss scaling). On the first minibatch the ratio is
+# exactly 1; the mean ratio and the clip fraction over all the epochs say how far the update
+# moved the policy.
+#
+# > **g · 一次 PPO 更新，逐行写出。** 把 rollout 装进一个 `Rollout`（循环里 `util.make_rollout` 返回的就是它）。更新就是在它上面做 `ppo_epochs` 轮：每一轮把回答打乱、切成 minibatch，每个 minibatch 做一次优化器步：actor 新的 log 概率给出裁剪的策略损失，critic 新的价值给出裁剪的价值损失，对两者之和做一次反向传播（两个模型没有共享参数，各自只得到自己的梯度），每个模型的梯度各自裁剪到范数 `max_grad_norm`，再对两者做一次 AdamW 更新（两个参数组，两个学习率）。下面用第一部分的函数把它逐行写出；`util.ppo_update` 做的正是这些，外加长时间训练需要的东西（micro-batch 与显存不足时的回退、跳过非有限值的步、fp16 的损失缩放）。第一个 minibatch 上比率正好是 1；所有 epoch 的平均比率和裁剪比例说明更新让策略移动了多远。
 
 # %%
 experience = util.rollout.Rollout(
@@ -304,18 +373,94 @@ experience = util.rollout.Rollout(
     has_eos=has_eos, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, entropy=entropy,
     raw_scores=raw_scores, scores=scores, rewards=rewards, non_score_rewards=non_score_rewards,
     advantages=whitened, returns=returns)
-print(inspect.getsource(util.ppo_losses))
+
+# %% tags=["ppo-update"]
+snapshot = lambda model: {k: v.detach().clone() for k, v in model.state_dict().items()}
+start = {"actor": snapshot(actor), "critic": snapshot(critic)}   # to run the library's update from here too
 optimizer, schedule = util.make_optimizer(actor, critic, cfg)
 actor, critic, optimizer = accelerator.prepare(actor, critic, optimizer)
+generator = torch.Generator().manual_seed(cfg.seed)
+B, steps = experience.responses.shape[0], []
+actor.train(); critic.train()
+for epoch in range(cfg.ppo_epochs):
+    order = torch.randperm(B, generator=generator)                                      # a new shuffle each epoch
+    for begin in range(0, B, cfg.minibatch):
+        rows = order[begin:begin + cfg.minibatch].to(experience.responses.device)
+        mb = {k: getattr(experience, k)[rows] for k in ("query_responses", "attention_mask", "responses",
+                                                          "mask", "logprobs", "values", "advantages", "returns")}
+        with accelerator.autocast():
+            logits = util.rollout.response_logits(actor, mb["query_responses"], mb["attention_mask"], P)  # (b, R, V)
+            new_logprobs = ppo.logprobs_from_logits(logits, mb["responses"], cfg.temperature)           # (b, R)
+            pg_loss, pg_stats = ppo.policy_loss(new_logprobs, mb["logprobs"], mb["advantages"], mb["mask"],
+                                                cfg.clip_ratio)                                         # ()
+            new_values = util.rollout.response_values(critic, mb["query_responses"], mb["attention_mask"], P)  # (b, R)
+            vf_loss, vf_stats = ppo.value_loss(new_values, mb["values"], mb["returns"], mb["mask"], cfg.clip_value)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(pg_loss + vf_loss)
+        accelerator.unscale_gradients()                                  # fp16 only: undo the loss scale first
+        torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm)   # each model on its own
+        torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        steps.append({**pg_stats, **vf_stats, "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach()})
+actor.eval(); critic.eval()
+inline = {k: sum(float(step[k]) for step in steps) / len(steps) for k in steps[0]}
+print(f"{cfg.ppo_epochs} epochs x {len(range(0, B, cfg.minibatch))} minibatch(es) of {min(B, cfg.minibatch)} answers "
+      f"= {len(steps)} steps; means over them:")
+print({k: round(v, 4) for k, v in inline.items()})
+
+# %% [markdown]
+# **The library's update gives the same numbers.** Back to the weights before the update, a fresh
+# optimiser (and, for fp16, a fresh loss scale), the same shuffle seed, and `util.ppo_update` on the same rollout: the largest
+# difference in any weight and in any statistic should be 0 (or a rounding error on a GPU).
+#
+# > **库里的更新给出同样的数字。** 回到更新前的权重，新建优化器（fp16 时还有新的损失缩放），用同样的打乱种子，在同一个 rollout 上调用 `util.ppo_update`：任何权重、任何统计量的最大差异都应该是 0（在 GPU 上可能有舍入误差）。
+
+# %%
+written_out = {"actor": snapshot(actor), "critic": snapshot(critic)}
+actor.load_state_dict(start["actor"]); critic.load_state_dict(start["critic"])
+accelerator = util.make_accelerator(cfg.mixed_precision)  # fp16: a fresh loss scale too
+optimizer, schedule = util.make_optimizer(actor, critic, cfg)
+optimizer = accelerator.prepare(optimizer)
 update, skipped, _ = util.ppo_update(actor, critic, experience, cfg, optimizer, accelerator,
                                      torch.Generator().manual_seed(cfg.seed))
-print(f"{cfg.ppo_epochs} epochs on {len(responses)} answers, {skipped} steps skipped:")
-print({k: round(update[k], 4) for k in ("ratio_mean", "clipfrac", "approx_kl", "policy_loss", "value_loss", "vf_clipfrac")})
+weights_now = {"actor": snapshot(actor), "critic": snapshot(critic)}
+weight_gap = max(float((written_out[m][k].float() - weights_now[m][k].float()).abs().max())
+                 for m in written_out for k in written_out[m] if written_out[m][k].is_floating_point())
+print(f"util.ppo_update: {skipped} steps skipped; largest difference from the written-out update: "
+      f"weights {weight_gap:.3g}, statistics {max(abs(inline[k] - update[k]) for k in inline):.3g}")
 with torch.no_grad(), accelerator.autocast():
     after = ppo.logprobs_from_logits(util.rollout.response_logits(actor, query_responses, attention_mask, P),
                                      responses, cfg.temperature)
 print("KL per answer now:", [round(k, 4) for k in ppo.kl_per_token(after, ref_logprobs, mask).sum(1).tolist()])
-display(token_frame(0, **{"ratio after": (after - logprobs).exp() * mask}))
+ratio_after = (after - logprobs).exp() * mask                                           # (B, R)
+display(token_frame(0, **{"ratio after": ratio_after}))
+
+# %% [markdown]
+# **Reading the ratios.** The last column is π/π_old for each token after the whole update. Where a
+# token's ratio left [1 − ε, 1 + ε] in the direction its advantage asks (above 1 + ε with a positive
+# advantage, below 1 − ε with a negative one), the clipped term won: its gradient was 0 from then on
+# and the token stopped pushing. Where it left the other way, carried by the updates of other
+# tokens that share the same weights, the unclipped term won and kept pulling it back. Which
+# tokens those are, computed from this update:
+#
+# > **读比率。** 最后一列是整个更新之后每个 token 的 π/π_old。如果某个 token 的比率朝优势要求的方向离开 [1 − ε, 1 + ε]（优势为正时高于 1 + ε，为负时低于 1 − ε），裁剪项胜出：从那时起它的梯度为 0，这个 token 不再推动更新。如果它朝相反方向离开（被共享同一组权重的其他 token 的更新带动），未裁剪项胜出，会继续把它拉回来。是哪些 token，由下面从这次更新中算出：
+
+# %%
+def outside_the_clip(row):
+    """The tokens of answer `row` whose ratio after the update lies outside 1 -+ clip_ratio."""
+    n = int(mask[row].sum())
+    far = [(t, tokenizer.decode([int(responses[row, t])]), float(ratio_after[row, t]), float(whitened[row, t]))
+           for t in range(n) if abs(float(ratio_after[row, t]) - 1) > cfg.clip_ratio]
+    print(f"answer {row}: {len(far)} of {n} tokens outside [{1 - cfg.clip_ratio:.2f}, {1 + cfg.clip_ratio:.2f}]")
+    for t, token, ratio, advantage in far:
+        pushed = "up" if advantage > 0 else "down"
+        agrees = (ratio > 1) == (advantage > 0)
+        print(f"  position {t} {token!r}: ratio {ratio:.3f}, whitened advantage {advantage:+.2f} (pushed {pushed}); "
+              + ("it moved the way its advantage asks: clipped, it stopped pushing" if agrees else
+                 "it moved against its own advantage, carried by the other tokens' updates: the loss pulls it back"))
+
+for row in range(len(responses)):
+    outside_the_clip(row)
 
 # %% [markdown]
 # ## Part 3 · The training loop
@@ -324,11 +469,21 @@ display(token_frame(0, **{"ratio after": (after - logprobs).exp() * mask}))
 # function), update, anneal the learning rates. The models start again from the checkpoints.
 # `loop_iterations` is kept small here: part 4 runs all of them.
 #
+# **A fixed or an adaptive β.** With `adaptive_kl` off (the default), β stays `kl_coef` for the
+# whole run. With it on, β follows the controller of Ziegler et al. (2019): after each iteration
+# β ← β · (1 + clip(KL / `target_kl` − 1, −0.2, 0.2) · n / `kl_horizon`), where KL is the
+# iteration's mean k1 per answer and n its number of answers. A KL above the target raises β, below
+# it lowers β, by at most 20% per `kl_horizon` answers. The last line of the loop does this.
+#
 # > **第三部分 · 训练循环。** 整个 PPO 就是把这些步骤放进循环：取一批提示词，做一次 rollout（采样、四个模型的前向、奖励、GAE、标准化：`make_rollout` 就是第二部分 a–f 合成的一个函数），更新，然后衰减学习率。模型重新从检查点加载。这里 `loop_iterations` 取得很小：第四部分会跑完全部迭代。
+# >
+# > **固定的还是自适应的 β。** `adaptive_kl` 关闭时（默认），β 在整个训练中保持为 `kl_coef`。打开时，β 按 Ziegler 等人（2019）的控制器调整：每次迭代之后 β ← β · (1 + clip(KL / `target_kl` − 1, −0.2, 0.2) · n / `kl_horizon`)，其中 KL 是这次迭代每条回答的平均 k1，n 是回答的条数。KL 高于目标就提高 β，低于目标就降低 β，每 `kl_horizon` 条回答最多变化 20%。循环的最后一行做的就是这件事。
 
 # %%
 actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg, accelerator.device)
 loop_iterations = min(3, cfg.iterations)
+print(f"adaptive_kl {cfg.adaptive_kl}: beta " + (f"starts at {cfg.kl_coef} and moves towards a KL of {cfg.target_kl} "
+      f"per answer, horizon {cfg.kl_horizon}" if cfg.adaptive_kl else f"stays {cfg.kl_coef}"))
 
 # %% tags=["ppo-loop"]
 accelerator = util.make_accelerator(cfg.mixed_precision)
@@ -350,8 +505,20 @@ for it in range(loop_iterations):
         kl_coef = ppo.update_kl_coef(kl_coef, loop_history[-1]["kl"], cfg.target_kl, len(ids), cfg.kl_horizon)
 
 # %%
-KEYS = ["score", "kl", "response_length", "ratio_mean", "clipfrac", "policy_loss", "value_loss"]
+KEYS = ["score", "kl", "response_length", "ratio_mean", "clipfrac", "policy_loss", "value_loss", "explained_variance"]
 display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4))
+
+# %% [markdown]
+# ### Verdict on the loop
+# What these iterations show, computed from `loop_history` by `util.verdict.training_verdict`: the
+# mean of the first k iterations against the last k, each change against its noise, and the rule
+# of part 4's table (a score rising while gold does not means the policy fools the reward model).
+# A few iterations are too few to judge anything; part 4's full run is the one to read.
+#
+# > **循环的结论。** 这几次迭代说明了什么，由 `util.verdict.training_verdict` 从 `loop_history` 算出：前 k 次迭代的均值对比后 k 次，每个变化都和它的噪声比较，再套用第四部分表格中的规则（分数涨而 gold 不涨，说明策略在糊弄奖励模型）。几次迭代太少，什么也判断不了；要看的是第四部分的完整训练。
+
+# %%
+print(util.verdict.training_verdict(loop_history))
 
 # %% [markdown]
 # ## Part 4 · The full run
@@ -375,6 +542,7 @@ display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4))
 # | `ratio_mean` | mean π/π_old over the update | ≈ 1 (exactly 1 on the first minibatch) |
 # | `clipfrac` | share of tokens whose ratio left [1−ε, 1+ε] | 0 – 0.2; higher means steps too large |
 # | `approx_kl` | KL between π_old and π after the update | ≪ 0.1 |
+# | `explained_variance` | 1 − Var[R − V] / Var[R]: the share of the returns' spread the critic's values account for | rises towards 1 as the critic learns; near 0 or below, the advantages are mostly its error |
 # | `policy_loss`, `value_loss` | the two losses | value loss falls as the critic learns |
 #
 # > **第四部分 · 完整训练。** `util.train_ppo` 就是上面的循环，再加上长时间训练需要的东西：崩溃后从定期检查点续训、多进程运行（`accelerate launch`，每个进程采样自己的提示词，梯度取平均）、显存不足时把 batch 减半、连续出现非有限值的更新时停止、记录 gold 分数和样例。从同样的检查点和随机种子出发，它前几次迭代的数字与循环完全相同（下面会比较，`tests/test_notebook_loop.py` 也会检查）。每个记录的数字的含义，以及正常的训练是什么样子：
@@ -392,6 +560,14 @@ display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4))
 # > | `approx_kl` | 更新前的 π_old 与更新后的 π 之间的 KL 散度 | ≪ 0.1 |
 # > | `policy_loss`、`value_loss` | 两个损失 | 价值损失随 critic 学习而下降 |
 
+# %% [markdown]
+# `explained_variance` is new in this table: the critic's explained variance of part 1's value loss,
+# measured on each rollout before the update. The run's summary below does not read the first and
+# the last iteration (each is one batch, and noisy): it compares the mean of the first k iterations
+# with the mean of the last k, and calls a change real only beyond twice its standard error.
+#
+# > 上表中的 `explained_variance` 是 critic 的解释方差（见第一部分的价值损失），在每次更新前的 rollout 上测得：它应随 critic 的学习升向 1；接近 0 或小于 0 时，优势主要是 critic 的误差。下面的训练总结不看第一次和最后一次迭代（每次只是一批，噪声很大），而是比较前 k 次迭代的均值和后 k 次的均值，只有变化超过两倍标准误差才算数。
+
 # %%
 actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg)
 log = util.open_log("rlhf", [cfg, data_cfg], preset, SET)  # every iteration's numbers, also to TensorBoard
@@ -401,29 +577,46 @@ actor, critic, history, samples = util.train_ppo((actor, reference, reward_model
 same = pd.DataFrame(history[:loop_iterations]).set_index("iteration")[KEYS]
 print("first iterations, runner minus notebook loop (all 0: the same numbers):")
 display((same - pd.DataFrame(loop_history).set_index("iteration")[KEYS]).abs().round(6))
-first, last = history[0], history[-1]
-for key in ("score", "gold", "kl", "response_length", "eos_rate", "clipfrac", "ratio_mean"):
-    if key in last:
-        print(f"{key:>16}: {first[key]:8.3f} -> {last[key]:8.3f}")
+k = util.verdict.window_size(len(history))
+summary_keys = ("score", "gold", "kl", "response_length", "eos_rate", "entropy", "clipfrac", "explained_variance")
+print(f"the run in windows: mean of the first {k} iterations against the last {k}")
+display(pd.DataFrame(util.verdict.window_table(history, summary_keys, k)).set_index("number").round(3))
 
 # %%
 import matplotlib.pyplot as plt
-keys = [k for k in ("score", "gold", "kl", "response_length", "clipfrac", "entropy") if k in last]
+keys = [key for key in ("score", "gold", "kl", "response_length", "entropy", "explained_variance") if key in history[-1]]
 fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.4))
 its = [h["iteration"] for h in history]
 for ax, key in zip(axes, keys):
     ax.plot(its, [h[key] for h in history]); ax.set_title(key); ax.set_xlabel("iteration")
+    for window in (its[:k], its[-k:]):  # the windows the summary and the verdict compare
+        ax.axvspan(window[0] - 0.5, window[-1] + 0.5, color="grey", alpha=0.15)
 plt.tight_layout(); plt.show()
 
 # %%
 print("samples along training:")
 for s in samples:
-    print(f"  it {s['iteration']:>3} | score {s['score']:6.2f} | {s['prompt']}\n           -> {s['response']!r}")
+    gold = f" | gold {s['gold']:.2f}" if "gold" in s else ""
+    print(f"  it {s['iteration']:>3} | score {s['score']:6.2f}{gold} | {s['prompt']}\n           -> {s['response']!r}")
+
+# %% [markdown]
+# ### Verdict
+# This run, judged by its own numbers (`util.verdict.training_verdict` on `history` and
+# `samples`): the windows shaded in the plots, each change against its noise, the rule of the
+# table above applied to the score and gold, and the logged samples that the reward model rates
+# above an average SFT answer although the gold judge finds a flaw. Notebook 4 measures the same
+# question on held-out prompts, with more answers.
+#
+# > ### 结论
+# > 用这次训练自己的数字来评判（`util.verdict.training_verdict`，输入 `history` 和 `samples`）：图中阴影标出的两个窗口、每个变化与其噪声的比较、把上表的规则用在分数和 gold 上，以及那些奖励模型打分高于一条普通 SFT 回答、gold judge 却找到缺陷的样例。笔记本 4 在留出的提示词上用更多回答检验同一个问题。
+
+# %%
+print(util.verdict.training_verdict(history, samples))
 
 # %%
 if cfg.lora_rank:
     actor = actor.merge_and_unload()  # a plain model again, loadable with AutoModelForCausalLM
-metrics = {"preset": preset, "iterations": len(history), "first": first, "last": last,
+metrics = {"preset": preset, "iterations": len(history), "first": history[0], "last": history[-1],
            "history": history, "samples": samples}
 util.save_checkpoint(util.stage_dir("rlhf"), actor, tokenizer, configs=[cfg, data_cfg], metrics=metrics)
 util.clear_resume("rlhf")  # the stage is complete: a rerun starts afresh

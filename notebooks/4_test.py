@@ -83,19 +83,45 @@ if judge is not None:
         for sft, rlhf in examples[kind]:
             print(f"{sft['prompt']}\n   SFT  {describe(sft)}\n   RLHF {describe(rlhf)}")
         print()
+    better, worse, same = counts["better"], counts["worse"], counts["same"]
+    print(f"win_rate_gold counts a tie as half a win: ({better} better + {same} same / 2) / {total} pairs = "
+          f"{(better + same / 2) / total:.3f}, the table's {figures['sampled/win_rate_gold']:.3f}. "
+          f"Leaving the ties out, RLHF is better in {better} of the {better + worse} pairs that differ "
+          f"({better / max(better + worse, 1):.0%}).")
+
+# %% [markdown]
+# ## How sure is the difference? One seed, a bootstrap interval
+# The figures above come from one training run (one seed) and a few hundred prompts. Had other
+# prompts or other samples been drawn, the gold difference would come out somewhat different. A
+# **percentile bootstrap** measures by how much: take each prompt's gold difference (RLHF minus
+# SFT, each averaged over its samples: paired by prompt, so a prompt's difficulty cancels), draw
+# as many prompts again with replacement, 10,000 times (a fixed seed), and read the middle 95% of
+# the means (`util.bootstrap_interval`). It does not cover a retrain with another seed: that
+# would take several runs.
+#
+# > **差异有多可靠？只有一个随机种子：用 bootstrap 区间。** 上面的数字来自一次训练（一个随机种子）和几百个提示词。如果抽到的是别的提示词或别的样本，gold 的差异会有所不同。**百分位 bootstrap** 估计这种波动有多大：对每个提示词取 gold 差（RLHF 减 SFT，各自先在其样本上取平均：按提示词配对，提示词本身的难度就抵消了），有放回地重新抽同样多的提示词，重复 10,000 次（固定种子），取这些均值中间的 95%（`util.bootstrap_interval`）。它不包括换一个种子重新训练带来的波动：那需要多次训练。
+
+# %%
+if judge is not None:
+    differences = util.per_prompt_differences(records, "gold")
+    mean_gold, low, high = util.bootstrap_interval(differences, seed=cfg.seed)
+    print(util.verdict.difference_line("sampled gold, RLHF minus SFT", mean_gold, low, high, len(differences)))
+    greedy_differences = util.per_prompt_differences(records, "gold", mode="greedy")
+    print(util.verdict.difference_line("greedy gold, RLHF minus SFT", *util.bootstrap_interval(greedy_differences, seed=cfg.seed),
+                                       len(greedy_differences)))
 
 # %% [markdown]
 # ## Flaw by flaw
 # The share of sampled answers with each flaw, before (SFT) and after (RLHF). SFT copied the
 # demonstrator's habits; the reward model learned from the preference pairs that people (here,
 # the judge that labelled them) dislike them, and PPO removed what the reward model could see.
-# The behavioural flaws (rude, rambling, repeated, cut off) mostly go. Wrong facts do not: the
-# reward model barely tells a right fact from a wrong one (in the examples above a wrong answer can
-# score as high as a right one), so PPO had nothing to push against there, and a policy that stops
-# rambling and evading answers more questions, some of them wrongly. RLHF can only be as good as
-# its reward model.
+# What to expect: the behavioural flaws (rude, rambling, repeated, cut off) are easy for a reward
+# model to see, so PPO should remove most of them. A wrong fact is harder to see: where the reward
+# model scores a wrong answer above a right one, PPO has nothing to push against, and a policy that
+# stops rambling and evading answers more questions, some of them wrongly. RLHF can only be as good
+# as its reward model. The cell after the chart says what happened on this run.
 #
-# > **逐项缺陷。** 采样回答中带有各类缺陷的比例，RLHF 之前（SFT）和之后。SFT 学会了示范者的坏习惯；奖励模型从偏好对中学到人（这里是给偏好对打标签的评判器）不喜欢这些习惯，PPO 去掉了奖励模型能识别的那些。行为上的缺陷（粗鲁、啰嗦、重复、话没说完）大多消失了，事实错误却没有减少：奖励模型几乎分不清事实的对错（上面的例子里，错误的回答可以和正确的回答得分一样高），PPO 在这方面无从学起；而一个不再啰嗦、不再回避的策略会回答更多问题，其中一些答错了。RLHF 的上限就是它的奖励模型。
+# > **逐项缺陷。** 采样回答中带有各类缺陷的比例，RLHF 之前（SFT）和之后。SFT 学会了示范者的坏习惯；奖励模型从偏好对中学到人（这里是给偏好对打标签的评判器）不喜欢这些习惯，PPO 去掉了奖励模型能识别的那些。可以预期：行为上的缺陷（粗鲁、啰嗦、重复、话没说完）奖励模型容易识别，PPO 应该去掉其中大部分；事实错误难以识别：如果奖励模型给错误回答的分数比正确回答还高，PPO 在这方面就无从学起，而一个不再啰嗦、不再回避的策略会回答更多问题，其中一些答错了。RLHF 的上限就是它的奖励模型。图表之后的单元格说明这次训练实际发生了什么。
 
 # %%
 import matplotlib.pyplot as plt
@@ -104,6 +130,70 @@ if judge is not None:
     display((100 * flaws).round(1).rename(columns=lambda name: f"{name} (% of answers)"))
     flaws.iloc[:-1].plot.barh(figsize=(6, 2.8), title="share of sampled answers with each flaw")
     plt.gca().invert_yaxis(); plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# **What this run shows.** Each flaw's share before and after, called a change only beyond twice
+# the binomial standard error of the difference (`util.verdict.share_trend`); then the answers that
+# show why wrong facts survive: for each prompt with both a wrong answer and a clean one among all
+# six answers to it (two policies, two samples and a greedy answer each), whether the reward model
+# scores the wrong one higher (`util.wrong_above_clean`).
+#
+# > **这次训练显示了什么。** 每种缺陷前后的比例，只有变化超过两者之差的二项分布标准误差的两倍才算变化（`util.verdict.share_trend`）；然后是说明事实错误为什么留下来的回答：对每个提示词，在它的六个回答（两个策略，各两个采样和一个贪心回答）中如果既有错误回答又有无缺陷的回答，看奖励模型是否给错误的那个打了更高的分（`util.wrong_above_clean`）。
+
+# %%
+if judge is not None:
+    n = {policy: sum(r["policy"] == policy and r["mode"] == "sampled" for r in records) for policy in ("sft", "rlhf")}
+    for flaw, before, after in util.flaw_table(records)[:-1]:
+        print(f"{flaw:>9}: {before:6.1%} -> {after:6.1%}  {util.verdict.share_trend(before, after, n['sft'], n['rlhf'])}")
+    found, both = util.wrong_above_clean(records)
+    print(f"\nthe reward model scores a wrong answer above a clean one on {len(found)} of the {both} prompts "
+          "that have both" + ("; the widest gaps:" if found else "."))
+    for wrong, clean in found[:5]:
+        print(f"  rm {wrong['rm_score']:5.2f} {wrong['response']!r}\n     above rm {clean['rm_score']:5.2f} {clean['response']!r}")
+
+# %% [markdown]
+# ## Did RLHF close the headroom?
+# Notebook 1 promised that SFT's copied flaws are headroom for RLHF. The reference level is the
+# demonstrator's: the gold score of the demonstrations SFT learned from, here those of the eval
+# prompts. Below, each policy's gold against it (paired by prompt, with a bootstrap interval), and
+# the share of wrong answers in the demonstrations, in SFT's greedy answers (its most likely ones)
+# and in its sampled answers, which says why SFT samples worse than its data.
+#
+# > **RLHF 把差距补上了吗？** 笔记本 1 说 SFT 学去的缺陷就是 RLHF 的提升空间。参照水平是示范者的：SFT 学习的示范回答的 gold 分数，这里取评测提示词的示范回答。下面把每个策略的 gold 与它比较（按提示词配对，附 bootstrap 区间），并给出错误回答的比例：在示范回答中、在 SFT 的贪心回答（它最可能的回答）中、在它的采样回答中，这说明了 SFT 采样为什么比它的数据差。
+
+# %%
+if judge is not None:
+    asked = set(prompts)
+    demonstrations = [{"prompt": r["prompt"], "policy": "demonstrator", "mode": "sampled", "response": r["response"],
+                       "gold": util.gold_score(r["prompt"], r["response"])} for r in eval_rows if r["prompt"] in asked]
+    demo_gold = sum(d["gold"] for d in demonstrations) / len(demonstrations)
+    print(f"mean gold: demonstrations {demo_gold:.3f} | SFT sampled {figures['sampled/gold/sft']:.3f}, "
+          f"greedy {figures['greedy/gold/sft']:.3f} | RLHF sampled {figures['sampled/gold/rlhf']:.3f}, "
+          f"greedy {figures['greedy/gold/rlhf']:.3f}")
+    readings = {}
+    for name in ("sft", "rlhf"):
+        gaps = util.per_prompt_differences(records + demonstrations, "gold", a=name, b="demonstrator")
+        mean_gap, low, high = util.bootstrap_interval(gaps, seed=cfg.seed)
+        readings[name] = util.verdict.interval_reading(low, high)
+        print(util.verdict.difference_line(f"{name.upper()} sampled minus the demonstrations", mean_gap, low, high, len(gaps)))
+    print({"higher": "RLHF's sampled answers went past the demonstrator's level.",
+           "lower": "RLHF's sampled answers are still below the demonstrator's level: the headroom is not closed.",
+           "no clear difference": "RLHF's sampled answers are back at the demonstrator's level."}[readings["rlhf"]])
+    wrong_share = lambda rows: sum("wrong" in util.gold_flaws(r["prompt"], r["response"], r.get("ended", True))
+                                   for r in rows) / len(rows)
+    shares = {"demonstrations": wrong_share(demonstrations),
+              **{f"SFT {mode}": wrong_share([r for r in records if r["policy"] == "sft" and r["mode"] == mode])
+                 for mode in ("greedy", "sampled")}}
+    print("wrong answers: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+    if shares["SFT sampled"] > max(shares["SFT greedy"], shares["demonstrations"]):
+        print(f"SFT did not copy its wrong answers from the data ({shares['demonstrations']:.1%} wrong there), and its "
+              f"most likely answer is wrong on {shares['SFT greedy']:.1%} of the prompts. Sampling at temperature "
+              f"{cfg.temperature:g} also draws the less likely tokens, and a small model still gives them real "
+              f"probability, often a word that belongs to another question: {shares['SFT sampled']:.1%} of its samples "
+              "are wrong. That, with the copied flaws, is why SFT samples below its data.")
+    else:
+        print("Here sampling does not add wrong answers: SFT's samples are no more often wrong than its greedy "
+              "answers or its data, so the gap to the data is the copied flaws above.")
 
 # %% [markdown]
 # ## Greedy answers, a second view
@@ -140,6 +230,19 @@ if "gold" in history[0]:
     ax2 = ax.twinx(); ax2.plot(its, [h["gold"] for h in history], color="tab:orange")
     ax2.set_ylabel("gold score", color="tab:orange")
 ax.set_xlabel("PPO iteration"); plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# ### Verdict
+# The rule above, applied to this plot by `util.verdict.training_verdict` (as at the end of
+# notebook 3): the first k iterations against the last k, each change against its noise, and the
+# samples logged during training that the reward model rates above an average SFT answer although
+# the gold judge finds a flaw.
+#
+# > ### 结论
+# > 用 `util.verdict.training_verdict` 把上面的规则用在这张图上（与笔记本 3 结尾相同）：前 k 次迭代对比后 k 次，每个变化与其噪声比较，并列出训练中记录的、奖励模型打分高于一条普通 SFT 回答而 gold judge 找到缺陷的样例。
+
+# %%
+print(util.verdict.training_verdict(history, util.read_json(f"{rlhf_dir}/metrics.json")["samples"]))
 
 # %% [markdown]
 # ## Try it: one prompt format everywhere
@@ -180,5 +283,8 @@ print("saved model/eval/summary.json")
 # > `model/rlhf` 上传到 Hub；离线或未设置时会说明跳过的原因。
 
 # %%
-print((rlhf_dir / "README.md").read_text()[:600])
+card = (rlhf_dir / "README.md").read_text()
+print(card.partition("## Stage config")[0])  # the card's head; its sections:
+print("sections:", ", ".join(line[3:] for line in card.splitlines() if line.startswith("## ")),
+      f"({len(card.splitlines())} lines in {rlhf_dir}/README.md)")
 util.push_to_hub(util.stage_dir("rlhf"), HUB_REPO)

@@ -141,3 +141,56 @@ def pick_examples(records, per_kind: int = 3, seed: int = 0, mode="sampled"):
     rng = random.Random(seed)
     return ({kind: rng.sample(found, min(per_kind, len(found))) for kind, found in kinds.items()},
             {kind: len(found) for kind, found in kinds.items()})
+
+
+# ----------------------------------------------------------------------------- one seed: how sure is the difference?
+
+def per_prompt_differences(records, key="gold", mode="sampled", a="rlhf", b="sft") -> list[float]:
+    """For each prompt both policies answered: mean of `a`'s `key` over its samples minus `b`'s.
+    Paired by prompt, so the prompts' difficulty cancels."""
+    by = {}
+    for r in records:
+        if r["mode"] == mode and r["policy"] in (a, b):
+            by.setdefault(r["prompt"], {a: [], b: []})[r["policy"]].append(float(r[key]))
+    return [sum(v[a]) / len(v[a]) - sum(v[b]) / len(v[b]) for v in by.values() if v[a] and v[b]]
+
+
+def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0):
+    """Percentile bootstrap of the mean: (mean, low, high).
+
+    Draw len(values) of the values with replacement, `resamples` times (a seeded generator: the
+    same call gives the same interval), take each draw's mean, and return the (1 - c)/2 and
+    (1 + c)/2 quantiles of those means. It covers the variation from which prompts and samples
+    were drawn, not from a different training seed.
+    """
+    if not values:
+        raise ValueError("bootstrap_interval needs at least one value")
+    x = torch.tensor(values, dtype=torch.float64)                              # (n,)
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(len(x), (resamples, len(x)), generator=generator)   # (resamples, n)
+    means = x[draws].mean(1)                                                   # (resamples,)
+    tails = torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=torch.float64)
+    low, high = torch.quantile(means, tails).tolist()
+    return float(x.mean()), low, high
+
+
+def wrong_above_clean(records):
+    """Where the reward model prefers a wrong answer to a right one: for each prompt with both a
+    wrong answer (the judge's `wrong` flaw) and a clean one (no flaw) among all the answers to it
+    (both policies, sampled and greedy), the wrong answer the reward model scores highest against
+    the clean one it scores lowest. Returns (pairs [(wrong, clean)] where the wrong one scores
+    higher, largest margin first; how many prompts had both kinds). Built-in tasks only."""
+    answers = {}
+    for r in records:
+        answers.setdefault(r["prompt"], {})[r["response"]] = r  # each distinct answer once
+    found, both = [], 0
+    for prompt, by_text in answers.items():
+        flaws = {text: gold_flaws(prompt, text, r["ended"]) for text, r in by_text.items()}
+        wrong = [r for text, r in by_text.items() if "wrong" in flaws[text]]
+        clean = [r for text, r in by_text.items() if not flaws[text]]
+        if wrong and clean:
+            both += 1
+            worst, best = max(wrong, key=lambda r: r["rm_score"]), min(clean, key=lambda r: r["rm_score"])
+            if worst["rm_score"] > best["rm_score"]:
+                found.append((worst, best))
+    return sorted(found, key=lambda p: p[1]["rm_score"] - p[0]["rm_score"]), both

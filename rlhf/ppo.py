@@ -247,6 +247,19 @@ def value_loss(values, old_values, returns, mask, clip_value):
     return loss, stats
 
 
+@full_precision
+def explained_variance(values, returns, mask):
+    """1 - Var_m[returns - values] / Var_m[returns], over the valid tokens (CleanRL's metric).
+
+    How much of the returns' spread the critic's values account for: 1 when every value equals its
+    return, 0 when the values are no better than one constant guess, below 0 when they are worse.
+    NaN when the returns do not vary (nothing to explain). Returns a 0-d tensor.
+    """
+    var_returns = masked_var(returns, mask, unbiased=False)               # ()
+    var_error = masked_var(returns - values, mask, unbiased=False)        # ()
+    return torch.where(var_returns > 0, 1.0 - var_error / var_returns, torch.full_like(var_returns, float("nan")))
+
+
 # ----------------------------------------------------------------------------- KL controller
 
 @full_precision

@@ -155,6 +155,7 @@ def rollout_stats(rollout, kl_coef):
         "eos_rate": float(rollout.has_eos.float().mean()),
         "empty_responses": int((mask.sum(1) <= 1).sum()),
         "advantage_std": float(ppo.masked_var(rollout.advantages, mask).sqrt()),
+        "explained_variance": float(ppo.explained_variance(rollout.values, rollout.returns, mask)),
         "kl_coef": kl_coef,
     }
 
@@ -318,5 +319,6 @@ def record_iteration(state, rollout, stats, prompts, tokenizer, cfg, judge, log)
         log.record(stats)
     if (it - 1) % cfg.log_samples_every == 0 or it == cfg.iterations:
         state["samples"].append({"iteration": it, "prompt": prompts[0], "response": texts[0],
-                                 "score": float(rollout.raw_scores[0])})
+                                 "ended": bool(ended[0]), "score": float(rollout.raw_scores[0]),
+                                 **({"gold": judge(prompts[0], texts[0], ended[0])} if judge else {})})
     state["iteration"] = it

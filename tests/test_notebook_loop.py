@@ -10,14 +10,18 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import util
 from test_rollout import head_token_by_token, logprobs_token_by_token
 from conftest import ROOT
-from test_ppo_details import make_models, prompt_ids
+from test_ppo_details import make_models, prompt_ids, rollout_of
+
+
+def tagged_cell(tag: str = "ppo-loop") -> str:
+    notebook = jupytext.read(ROOT / "notebooks" / "3_rlhf.py")
+    cells = [c for c in notebook.cells if tag in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"notebook 3 has one cell tagged {tag}"
+    return cells[0].source
 
 
 def loop_cell() -> str:
-    notebook = jupytext.read(ROOT / "notebooks" / "3_rlhf.py")
-    cells = [c for c in notebook.cells if "ppo-loop" in c.metadata.get("tags", [])]
-    assert len(cells) == 1, "notebook 3 has one cell tagged ppo-loop"
-    return cells[0].source
+    return tagged_cell("ppo-loop")
 
 
 def exec_loop(tokenizer, cfg, ids, iterations) -> dict:
@@ -106,3 +110,33 @@ def test_the_notebook_loops_first_update_is_ppo_computed_by_hand(tiny_tokenizer)
             torch.testing.assert_close(g, p0.grad, atol=1e-7, rtol=1e-4)
             adamw_first_step = p0 * (1 - lr * group["weight_decay"]) - lr * g / (g.abs() + group["eps"])
             torch.testing.assert_close(p1.detach(), adamw_first_step.detach(), atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{"mixed_precision": "no", "minibatch": 2},
+                                       {"mixed_precision": "bf16", "minibatch": 4, "ppo_epochs": 2},
+                                       {"mixed_precision": "fp16", "minibatch": 2, "ppo_epochs": 1}])
+def test_the_written_out_update_is_the_librarys(tiny_tokenizer, overrides):
+    """Notebook 3's cell tagged `ppo-update` (one PPO update, epochs and minibatches written out)
+    ends with the same weights as util.ppo_update from the same models, rollout and seed."""
+    cfg = util.make_config("ppo", "ci", **{"max_new_tokens": 6, **overrides})
+    accelerator = util.make_accelerator(cfg.mixed_precision)
+    actor, _, _, critic = models = make_models(tiny_tokenizer)
+    rollout = rollout_of(models, tiny_tokenizer, cfg, n=4)
+    names = {"util": util, "torch": torch, "ppo": util.ppo, "cfg": cfg, "accelerator": accelerator,
+             "experience": rollout, "actor": actor, "critic": critic, "P": rollout.P}
+    exec(compile(tagged_cell("ppo-update"), "notebooks/3_rlhf.py:ppo-update", "exec"), names)
+    assert len(names["steps"]) == cfg.ppo_epochs * (4 // cfg.minibatch)
+    library_actor, _, _, library_critic = make_models(tiny_tokenizer)  # the same seed: the same start
+    accelerator = util.make_accelerator(cfg.mixed_precision)  # fp16: a fresh loss scale, as the notebook's
+    optimizer, _ = util.make_optimizer(library_actor, library_critic, cfg)
+    library_actor, library_critic, optimizer = accelerator.prepare(library_actor, library_critic, optimizer)
+    update, _, _ = util.ppo_update(library_actor, library_critic, rollout, cfg, optimizer, accelerator,
+                                   torch.Generator().manual_seed(cfg.seed))
+    # fp16: the first step may overflow at the initial loss scale; both skip it (the scaler does)
+    assert {k: update[k] for k in names["inline"]} == names["inline"]
+    for mine, theirs in ((names["actor"], library_actor), (names["critic"], library_critic)):
+        theirs = theirs.state_dict()
+        for name, weight in mine.state_dict().items():
+            assert torch.equal(weight, theirs[name]), name
+    first = make_models(tiny_tokenizer)[0].state_dict()
+    assert any(not torch.equal(w, first[n]) for n, w in names["actor"].state_dict().items())  # it did train

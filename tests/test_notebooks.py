@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import jupytext
 import nbformat
 import papermill
 import pytest
@@ -219,3 +220,39 @@ def test_the_ppo_picture_is_made_by_the_project_and_shown(tmp_path):
     assert committed.stat().st_size < 100_000 and imread(committed).shape == (height, width, 4)
     assert "](docs/ppo_flow.png)" in (ROOT / "README.md").read_text()
     assert any("](docs/ppo_flow.png)" in c.source for c in read("3_rlhf").cells if c.cell_type == "markdown")
+
+
+TRAINING_CALLS = ("util.fit(", "util.train_ppo(")
+VERDICT_HEADER = re.compile(r"^#{2,3} Verdict\b", re.MULTILINE)
+
+
+def missing_verdicts(source_text: str) -> list[str]:
+    """The training runs of a notebook source (a code cell calling util.fit or util.train_ppo, or
+    the cell tagged ppo-loop) that are not followed, before the next training run, by a markdown
+    cell with a '### Verdict' header and, right after it, a code cell calling util.verdict."""
+    cells = jupytext.reads(source_text, fmt="py:percent").cells
+    runs = [i for i, c in enumerate(cells) if c.cell_type == "code" and (
+        any(call in c.source for call in TRAINING_CALLS) or "ppo-loop" in c.metadata.get("tags", []))]
+    missing = []
+    for run, next_run in zip(runs, runs[1:] + [len(cells)]):
+        after = cells[run + 1:next_run]
+        if not any(c.cell_type == "markdown" and VERDICT_HEADER.search(c.source) and k + 1 < len(after)
+                   and after[k + 1].cell_type == "code" and "util.verdict." in after[k + 1].source
+                   for k, c in enumerate(after)):
+            missing.append(cells[run].source.splitlines()[0])
+    return missing
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_training_run_is_followed_by_a_verdict(name):
+    """Issue 17: a learner reads what this run showed, computed from its own numbers, after each
+    training run (SFT, the reward model, the PPO loop and the full PPO run)."""
+    assert missing_verdicts((ROOT / "notebooks" / f"{name}.py").read_text()) == []
+
+
+def test_the_verdict_check_finds_training_runs():
+    text = (ROOT / "notebooks" / "3_rlhf.py").read_text()
+    assert len(jupytext.reads(text, fmt="py:percent").cells) > 20
+    without = re.sub(r"^# (#{2,3}) Verdict", r"# \1 Summary", text, flags=re.MULTILINE)
+    assert without != text
+    assert len(missing_verdicts(without)) == 2  # the loop and the full run

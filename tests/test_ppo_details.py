@@ -126,7 +126,10 @@ def test_missing_eos_costs_the_penalty_after_normalisation(models, tiny_tokenize
     torch.testing.assert_close(rollout.raw_scores, (raw - 0.3) / 0.5)  # normalised once, in the head
     no_eos = torch.tensor([0.0, 1.0, 0.0, 1.0])
     torch.testing.assert_close(rollout.scores, (raw - 0.3) / 0.5 - 1.5 * no_eos)
-    assert ppo_loop.rollout_stats(rollout, cfg.kl_coef)["eos_rate"] == 0.5
+    logged = ppo_loop.rollout_stats(rollout, cfg.kl_coef)
+    assert logged["eos_rate"] == 0.5
+    assert logged["explained_variance"] == pytest.approx(  # the critic's, logged every iteration
+        float(ppo.explained_variance(rollout.values, rollout.returns, rollout.mask)))
     # score() on its own: the reward model's units, clipping at score_clip
     cfg = make_config("ppo", "ci", missing_eos_penalty=1.0, score_clip=0.5)
     _, scores = score(models[2], rollout.query_responses, rollout.attention_mask, no_eos == 0, cfg)
@@ -243,6 +246,16 @@ def run_ppo(tokenizer, draws=0, **overrides):
     _, _, history, _ = train_ppo(models, tokenizer, prompt_ids(tokenizer, 8), cfg,
                                  log=lambda message: None, progress=False)
     return cfg, history
+
+
+def test_logged_samples_carry_whether_they_ended_and_their_gold(tiny_tokenizer):
+    """The verdicts of notebooks 3 and 4 read each logged sample's gold grade (rlhf/verdict.py)."""
+    cfg = make_config("ppo", "ci", iterations=2, max_new_tokens=4, rollout_batch=4, minibatch=4, log_samples_every=1)
+    judge = lambda prompt, text, ended: len(text) / 100 + ended
+    _, _, _, samples = train_ppo(make_models(tiny_tokenizer), tiny_tokenizer, prompt_ids(tiny_tokenizer, 4), cfg,
+                                 log=lambda message: None, judge=judge, prompt_texts=PROMPTS, progress=False)
+    assert len(samples) == 2 and all(s["prompt"] in PROMPTS for s in samples)
+    assert all(s["gold"] == judge(s["prompt"], s["response"], s["ended"]) for s in samples)
 
 
 def test_learning_rate_anneals_linearly_to_zero(tiny_tokenizer, monkeypatch):          # [23]

@@ -316,6 +316,19 @@ def test_value_loss_without_movement_is_half_mse():
 
 # ----------------------------------------------------------------------------- reward model, KL controller
 
+def test_explained_variance_by_hand():
+    """Valid returns 1, 2 | 3 (variance 2/3), values 1, 1 | 3: errors 0, 1 | 0 (variance 2/9), so
+    1 - (2/9) / (2/3) = 2/3. The pads hold junk that must not count."""
+    mask = prefix_mask([2, 1], 3)                                         # (2, 3)
+    returns = torch.tensor([[1.0, 2.0, 100.0], [3.0, -50.0, 7.0]])
+    values = torch.tensor([[1.0, 1.0, -9.0], [3.0, 40.0, 0.0]])
+    assert ppo.explained_variance(values, returns, mask).item() == pytest.approx(2 / 3)
+    assert ppo.explained_variance(returns, returns, mask).item() == pytest.approx(1.0)   # a perfect critic
+    constant = torch.full_like(returns, 2.0)                              # the mean of the valid returns
+    assert ppo.explained_variance(constant, returns, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert math.isnan(ppo.explained_variance(values, torch.ones_like(returns), mask).item())  # nothing to explain
+
+
 def test_pairwise_loss():                                                 # [27]
     pairwise_loss = reward.pairwise_loss
     same = torch.tensor([0.3, -1.0, 2.0])
