@@ -145,8 +145,7 @@ show_samples(model, "actor after SFT (greedy):")
 # of the actor's greedy and sampled answers (at PPO's temperature) to the same eval prompts, with
 # the flaws the judge finds in the samples. A gap counts only beyond twice its standard error.
 #
-# > ### 结论
-# > 由 `util.verdict.sft_verdict` 从这次训练算出：各 epoch 的验证损失，以及 actor 对同一批评测提示词的贪心回答和采样回答（用 PPO 的温度）的 gold 分数，外加 judge 在采样回答中找到的缺陷。只有超过两倍标准误差的差距才算数。
+# > ### 结论由 `util.verdict.sft_verdict` 从这次训练算出：各 epoch 的验证损失，以及 actor 对同一批评测提示词的贪心回答和采样回答（用 PPO 的温度）的 gold 分数，外加 judge 在采样回答中找到的缺陷。只有超过两倍标准误差的差距才算数。
 
 # %%
 if judge is not None:

@@ -133,8 +133,7 @@ print(f"held-out accuracy {final['eval_accuracy']:.3f}, mean margin {final['eval
 # chosen answer scores above the rejected one) and the mean margin, before and after training,
 # against chance.
 #
-# > ### 结论
-# > 由 `util.verdict.reward_verdict` 从这次训练算出：训练前后在留出偏好对上的准确率（chosen 得分高于 rejected 的比例）和平均差值，并与随机猜测比较。
+# > ### 结论由 `util.verdict.reward_verdict` 从这次训练算出：训练前后在留出偏好对上的准确率（chosen 得分高于 rejected 的比例）和平均差值，并与随机猜测比较。
 
 # %%
 print(util.verdict.reward_verdict(before, final, len(eval_pairs)))

@@ -558,6 +558,7 @@ print(util.verdict.training_verdict(loop_history))
 # > | `ratio_mean` | 更新中 π/π_old 的均值 | ≈ 1（第一个 minibatch 上正好是 1） |
 # > | `clipfrac` | 比率离开 [1−ε, 1+ε] 的 token 比例 | 0 – 0.2；更高说明步子太大 |
 # > | `approx_kl` | 更新前的 π_old 与更新后的 π 之间的 KL 散度 | ≪ 0.1 |
+# > | `explained_variance` | 1 − Var[R − V] / Var[R]：回报的波动中 critic 的价值能解释的比例 | 随 critic 的学习升向 1；接近 0 或小于 0 时，优势主要是 critic 的误差 |
 # > | `policy_loss`、`value_loss` | 两个损失 | 价值损失随 critic 学习而下降 |
 
 # %% [markdown]
@@ -607,8 +608,7 @@ for s in samples:
 # above an average SFT answer although the gold judge finds a flaw. Notebook 4 measures the same
 # question on held-out prompts, with more answers.
 #
-# > ### 结论
-# > 用这次训练自己的数字来评判（`util.verdict.training_verdict`，输入 `history` 和 `samples`）：图中阴影标出的两个窗口、每个变化与其噪声的比较、把上表的规则用在分数和 gold 上，以及那些奖励模型打分高于一条普通 SFT 回答、gold judge 却找到缺陷的样例。笔记本 4 在留出的提示词上用更多回答检验同一个问题。
+# > ### 结论用这次训练自己的数字来评判（`util.verdict.training_verdict`，输入 `history` 和 `samples`）：图中阴影标出的两个窗口、每个变化与其噪声的比较、把上表的规则用在分数和 gold 上，以及那些奖励模型打分高于一条普通 SFT 回答、gold judge 却找到缺陷的样例。笔记本 4 在留出的提示词上用更多回答检验同一个问题。
 
 # %%
 print(util.verdict.training_verdict(history, samples))

@@ -238,8 +238,7 @@ ax.set_xlabel("PPO iteration"); plt.tight_layout(); plt.show()
 # samples logged during training that the reward model rates above an average SFT answer although
 # the gold judge finds a flaw.
 #
-# > ### 结论
-# > 用 `util.verdict.training_verdict` 把上面的规则用在这张图上（与笔记本 3 结尾相同）：前 k 次迭代对比后 k 次，每个变化与其噪声比较，并列出训练中记录的、奖励模型打分高于一条普通 SFT 回答而 gold judge 找到缺陷的样例。
+# > ### 结论用 `util.verdict.training_verdict` 把上面的规则用在这张图上（与笔记本 3 结尾相同）：前 k 次迭代对比后 k 次，每个变化与其噪声比较，并列出训练中记录的、奖励模型打分高于一条普通 SFT 回答而 gold judge 找到缺陷的样例。
 
 # %%
 print(util.verdict.training_verdict(history, util.read_json(f"{rlhf_dir}/metrics.json")["samples"]))
