@@ -1,0 +1,390 @@
+"""The Beyond-PPO scoreboard: PPO, DPO, RLOO and GRPO from one SFT actor and one reward model,
+at one budget, judged by the gold judge; and (--curve) the over-optimisation curve.
+
+    .venv/bin/python tools/scoreboard.py --preset tiny --seeds 3     # make scoreboard
+    .venv/bin/python tools/scoreboard.py --preset tiny --curve       # make curve
+        [--model-dir model] [--data dataset] [--out runs/scoreboard] [--set "beyond.rloo_lr=1e-4"]
+        [--algorithms ppo dpo rloo grpo] [--in-process]
+
+Needs model/actor and model/critic (make run, or notebooks 0-2). For each seed s (every config's
+seed plus s): SFT is evaluated; PPO trains exactly as notebook 3 does (rlhf.ppo_loop.train_ppo);
+DPO takes as many optimiser steps as PPO's actor, each on as many sequences as one PPO
+minibatch (minibatch / 2 chosen-rejected pairs: rlhf.beyond_loop.dpo_steps); RLOO and GRPO
+answer as many times per iteration as PPO and stop once they have generated as many answer
+tokens as PPO did (valid tokens, up to and including EOS). Each policy is then evaluated as
+notebook 4 evaluates (rlhf.evaluate.evaluate_policies: sampled and greedy answers to the eval
+prompts; gold judge, reward-model score in normalised units, KL from SFT, length) and its gold
+win rate against SFT's sampled answers to the same prompts is counted (ties half).
+
+Each run is its own process (spawned), so its wall time and peak memory (the process's peak
+resident set; on a GPU, torch's peak allocation) are its own; --in-process runs everything in
+this process (faster to start, no peak memory). Intervals are 95% t intervals over the seeds.
+Writes OUT/scoreboard.json and OUT/scoreboard.md (or OUT/curve.json, OUT/curve.md, OUT/curve.png)
+and the first seed's policies to MODEL_DIR/{ppo,dpo,rloo,grpo}.
+
+--curve: PPO at each BeyondConfig.curve_kl_coefs for curve_iterations, the gold and the
+reward-model score of every iteration's sampled answers (training prompts) against their KL from
+SFT, then the held-out evaluation at the end (Gao et al. 2022, "Scaling laws for reward model
+over-optimization": gold peaks and turns down while the proxy keeps rising).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from rlhf import beyond_loop  # noqa: E402
+from rlhf.checkpoint import save_checkpoint  # noqa: E402
+from rlhf.config import ConfigError, make_config  # noqa: E402
+from rlhf.data import encode_prompts, split_rows  # noqa: E402
+from rlhf.evaluate import evaluate_policies, gold_judge_for, win_rate  # noqa: E402
+from rlhf.models import load_ppo_models, load_tokenizer, resolve_preset  # noqa: E402
+from rlhf.overrides import check_overrides  # noqa: E402
+from rlhf.ppo_loop import train_ppo  # noqa: E402
+from rlhf.sources import load_data  # noqa: E402
+from rlhf.tasks import FLAW_NAMES, gold_flaws  # noqa: E402
+
+ALGORITHMS = ("ppo", "dpo", "rloo", "grpo")
+FIGURES = ("gold", "rm_score", "kl", "length", "ended", "win_rate_gold", "win_rate_rm")
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+# ----------------------------------------------------------------------------- one run (in its own process)
+
+def configs(task):
+    """(preset, ppo_cfg, beyond_cfg, data_cfg, eval_cfg) of a task, every seed shifted by its seed."""
+
+    preset, parsed, s = task["preset"], task["overrides"], task["seed"]
+    make = lambda stage, **extra: make_config(stage, preset, **{**parsed.get(stage, {}), **extra})
+    ppo_cfg = make("ppo", **task.get("ppo", {}))
+    cfg = make("beyond", **({"token_budget": task["token_budget"]} if task.get("token_budget") else {}))
+    data_cfg, eval_cfg = make("data", data_dir=task["data"]), make("eval")
+    shift = lambda c: replace(c, seed=c.seed + s)
+    return preset, shift(ppo_cfg), shift(cfg), data_cfg, shift(eval_cfg)
+
+
+def peak_memory_mb(device) -> float:
+    """The process's peak memory so far: torch's peak allocation on a GPU, else the peak RSS."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def train(algorithm, task, ppo_cfg, cfg, data_cfg, tokenizer, parts, judge, log):
+    """Train one algorithm from model/actor and model/critic. Returns (policy, reward model, facts)."""
+
+    actor_dir, critic_dir = f"{task['model_dir']}/actor", f"{task['model_dir']}/critic"
+    texts = [r["prompt"] for r in parts["rlhf"]]
+    prompt_ids = encode_prompts(parts["rlhf"], tokenizer, data_cfg.max_prompt_length)
+    if algorithm == "ppo":
+        models = load_ppo_models(actor_dir, critic_dir, ppo_cfg)
+        actor, _, history, _ = train_ppo(models, tokenizer, prompt_ids, ppo_cfg, log=log, judge=judge,
+                                         prompt_texts=texts, progress=False)
+        tokens = sum(h["response_length"] * h["prompts"] for h in history)
+        return actor, models[2], {"generated_tokens": round(tokens), "iterations": len(history), "history": history}
+    models = beyond_loop.load_policy_models(actor_dir, critic_dir, ppo_cfg)
+    if algorithm == "dpo":
+        pairs = beyond_loop.encode_dpo_pairs(parts["critic"], tokenizer, data_cfg.max_length, data_cfg.max_prompt_length)
+        actor, history = beyond_loop.train_dpo(models, tokenizer, pairs, ppo_cfg, cfg, log)
+        return actor, models[2], {"generated_tokens": 0, "steps": len(history), "pairs": len(pairs),
+                                  "history": history[-1:]}
+    actor, history = beyond_loop.train_online(algorithm, models, tokenizer, prompt_ids, ppo_cfg, cfg, log,
+                                              judge, texts, progress=False)
+    return actor, models[2], {"generated_tokens": history[-1]["tokens_used"], "iterations": len(history),
+                              "history": history}
+
+
+def run_one(task: dict) -> dict:
+    """Train (unless SFT) and evaluate one algorithm at one seed: its figures and eval records."""
+    from transformers import AutoModelForCausalLM
+
+
+    preset, ppo_cfg, cfg, data_cfg, eval_cfg = configs(task)
+    algorithm, log = task["algorithm"], (lambda message: print(f"[{task['algorithm']} {task['seed']}] {message}", flush=True))
+    tokenizer = load_tokenizer(f"{task['model_dir']}/actor")
+    train_rows, eval_rows = load_data(data_cfg)
+    parts = split_rows(train_rows, data_cfg.split, data_cfg.seed)
+    prompts = list(dict.fromkeys(r["prompt"] for r in eval_rows))[:eval_cfg.max_prompts or None]
+    judge = gold_judge_for(prompts)
+    sft = AutoModelForCausalLM.from_pretrained(f"{task['model_dir']}/actor").eval()
+    start, facts = time.perf_counter(), {}
+    if algorithm == "sft":
+        policy = sft
+        reward_model = beyond_loop.load_policy_models(f"{task['model_dir']}/actor", f"{task['model_dir']}/critic",
+                                                      replace(ppo_cfg, lora_rank=0))[2]
+    else:
+        policy, reward_model, facts = train(algorithm, task, ppo_cfg, cfg, data_cfg, tokenizer, parts, judge, log)
+        if hasattr(policy, "merge_and_unload"):  # LoRA: a plain model again
+            policy = policy.merge_and_unload()
+    train_seconds = time.perf_counter() - start
+    peak = peak_memory_mb(next(policy.parameters()).device) if task["own_process"] else None
+    if algorithm == "dpo":
+        eval_pairs = beyond_loop.encode_dpo_pairs(eval_rows, tokenizer, data_cfg.max_length, data_cfg.max_prompt_length)
+        facts["implicit_reward"] = beyond_loop.implicit_rewards(policy, sft, eval_pairs, tokenizer.pad_token_id,
+                                                                cfg, ppo_cfg.temperature)
+    records = evaluate_policies({algorithm: policy}, sft, reward_model, tokenizer, prompts, eval_cfg,
+                                data_cfg.max_prompt_length, judge=judge, progress=False)
+    if task.get("save") and algorithm != "sft":
+        save_checkpoint(f"{task['model_dir']}/{algorithm}", policy, tokenizer,
+                        configs=[ppo_cfg, cfg, data_cfg], metrics={"preset": preset, **facts})
+    return {"algorithm": algorithm, "seed": task["seed"], "kl_coef": ppo_cfg.kl_coef,
+            "train_seconds": round(train_seconds, 1), "peak_mb": peak and round(peak), **facts,
+            "records": records}
+
+
+def run_all(tasks, in_process: bool):
+    """run_one on each task in turn: each in a fresh spawned process, or all in this one."""
+    if in_process:
+        return [run_one({**task, "own_process": False}) for task in tasks]
+    results = []
+    for task in tasks:  # one at a time: each run has the machine to itself
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            results.append(pool.submit(run_one, {**task, "own_process": True}).result())
+    return results
+
+
+# ----------------------------------------------------------------------------- figures and intervals
+
+def figures_of(result, sft_records) -> dict:
+    """Mean sampled-answer figures of one run, and its win rates against SFT at the same seed."""
+
+    sampled = [r for r in result["records"] if r["mode"] == "sampled"]
+    mean = lambda key: sum(float(r[key]) for r in sampled) / max(len(sampled), 1)
+    both = result["records"] + sft_records
+    name = result["algorithm"]
+    return {"gold": mean("gold"), "rm_score": mean("rm_score"), "kl": mean("kl_from_reference"),
+            "length": mean("length"), "ended": mean("ended"),
+            "win_rate_gold": win_rate(both, "gold", a=name, b="sft") if name != "sft" else 0.5,
+            "win_rate_rm": win_rate(both, "rm_score", a=name, b="sft") if name != "sft" else 0.5}
+
+
+def interval(values) -> tuple[float, float]:
+    """(mean, half-width of the 95% t interval); half-width NaN for a single value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, T_975.get(n - 1, 2.0) * sd / math.sqrt(n)
+
+
+def flaw_shares(records, algorithm) -> dict:
+    """Share of an algorithm's sampled answers (all seeds) with each flaw the gold judge names."""
+
+    found = [gold_flaws(r["prompt"], r["response"], r["ended"]) for r in records
+             if r["policy"] == algorithm and r["mode"] == "sampled"]
+    shares = {label: sum(name in f for f in found) / max(len(found), 1) for name, label in FLAW_NAMES.items()}
+    return {**shares, "clean": sum(not f for f in found) / max(len(found), 1)}
+
+
+def board(results) -> dict:
+    """Per algorithm: each figure's mean and interval over the seeds, time, memory, budget, flaws."""
+    sft = {r["seed"]: r["records"] for r in results if r["algorithm"] == "sft"}
+    rows = {}
+    for name in ["sft", *ALGORITHMS]:
+        runs = [r for r in results if r["algorithm"] == name]
+        if not runs:
+            continue
+        per_seed = [figures_of(r, sft[r["seed"]]) for r in runs]
+        rows[name] = {key: interval([f[key] for f in per_seed]) for key in FIGURES}
+        for key in ("train_seconds", "peak_mb", "generated_tokens"):
+            values = [r.get(key) for r in runs if r.get(key) is not None]
+            rows[name][key] = interval(values) if values else (math.nan, math.nan)
+        rows[name]["flaws"] = flaw_shares([x for r in runs for x in r["records"]], name)
+        rows[name]["seeds"] = len(runs)
+    return rows
+
+
+def verdict(rows) -> list[str]:
+    """Which wins on gold and by how much; where the reward model's score rose and gold did not."""
+    trained = {k: v for k, v in rows.items() if k != "sft"}
+    ranked = sorted(trained, key=lambda k: -trained[k]["gold"][0])
+    best, lines = ranked[0], []
+    gap = lambda a, b: rows[a]["gold"][0] - rows[b]["gold"][0]
+    lines.append(f"best on gold: {best} ({plus_minus(rows[best]['gold'])}), "
+                 f"{gap(best, 'sft'):+.3f} over SFT" + (f", {gap(best, ranked[1]):+.3f} over the next, "
+                 f"{ranked[1]}" if len(ranked) > 1 else ""))
+    if len(ranked) > 1:
+        (m1, h1), (m2, h2) = rows[best]["gold"], rows[ranked[1]]["gold"]
+        apart = math.isfinite(h1) and math.isfinite(h2) and m1 - h1 > m2 + h2
+        lines.append("its interval and the next one's " + ("do not overlap" if apart else
+                     "overlap (or there is one seed): the lead is within the noise"))
+    for name in ranked:
+        d_rm, d_gold = rows[name]["rm_score"][0] - rows["sft"]["rm_score"][0], gap(name, "sft")
+        if d_rm > 0 and d_gold < 0:
+            lines.append(f"{name} hacks the reward model: score {d_rm:+.2f} over SFT, gold {d_gold:+.3f}; "
+                         + grown_flaw(rows, name))
+    return lines
+
+
+def plus_minus(mean_half) -> str:
+    mean, half = mean_half
+    return f"{mean:.3f} ± {half:.3f}" if math.isfinite(half) else f"{mean:.3f}, one seed"
+
+
+def grown_flaw(rows, name) -> str:
+    """The flaw whose share grew most from SFT to `name`, in words."""
+    growth = {k: rows[name]["flaws"][k] - rows["sft"]["flaws"][k] for k in rows[name]["flaws"] if k != "clean"}
+    flaw = max(growth, key=growth.get)
+    if growth[flaw] <= 0:
+        return "no flaw the gold judge names grew"
+    return f"its most grown flaw: {flaw} ({rows['sft']['flaws'][flaw]:.0%} -> {rows[name]['flaws'][flaw]:.0%})"
+
+
+def markdown(rows, lines, header) -> str:
+    """The scoreboard as a markdown table, then the verdict."""
+    cell = lambda mh, digits=3: (f"{mh[0]:.{digits}f}" + (f" ± {mh[1]:.{digits}f}" if math.isfinite(mh[1]) else "")
+                                 if math.isfinite(mh[0]) else "n/a")
+    out = [header, "", "| | gold | RM score | KL from SFT | length | EOS rate | gold win vs SFT | RM win vs SFT "
+           "| generated tokens | train s | peak MB |", "|---" * 11 + "|"]
+    for name, row in rows.items():
+        out.append(f"| {name.upper()} | " + " | ".join(cell(row[k]) for k in FIGURES)
+                   + f" | {cell(row['generated_tokens'], 0)} | {cell(row['train_seconds'], 0)} | {cell(row['peak_mb'], 0)} |")
+    flaws = list(next(iter(rows.values()))["flaws"])
+    out += ["", "Share of sampled answers with each flaw the gold judge names (all seeds):", "",
+            "| | " + " | ".join(flaws) + " |", "|---" * (len(flaws) + 1) + "|"]
+    out += [f"| {name.upper()} | " + " | ".join(f"{row['flaws'][f]:.0%}" for f in flaws) + " |" for name, row in rows.items()]
+    return "\n".join(out + [""] + [f"- {line}" for line in lines]) + "\n"
+
+
+# ----------------------------------------------------------------------------- the over-optimisation curve
+
+def smooth(values, window: int = 5):
+    """Trailing mean over `window` entries (fewer at the start)."""
+    return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+            for i in range(len(values))]
+
+
+def curve_summary(result) -> dict:
+    """One KL coefficient's run: smoothed gold and RM score along training, where gold peaked,
+    how far it fell after its peak, and whether the RM score still rose after it."""
+    history = result["history"]
+    gold, rm, kl = smooth([h["gold"] for h in history]), smooth([h["score"] for h in history]), smooth([h["kl"] for h in history])
+    peak = max(range(len(gold)), key=gold.__getitem__)
+    final = figures_of(result, [])
+    return {"kl_coef": result["kl_coef"], "iterations": len(history),
+            "points": [{"iteration": h["iteration"], "kl": k, "gold": g, "rm_score": r}
+                       for h, k, g, r in zip(history, kl, gold, rm)],
+            "gold_peak": {"iteration": history[peak]["iteration"], "kl": kl[peak], "gold": gold[peak]},
+            "gold_drop_after_peak": gold[peak] - gold[-1], "rm_rise_after_peak": rm[-1] - rm[peak],
+            "final_eval": {k: final[k] for k in ("gold", "rm_score", "kl", "length")}}
+
+
+def plot_curve(curves, path) -> None:
+    """Gold and RM score against KL from SFT, one line per KL coefficient (smoothed), the
+    held-out evaluation at the end as a marker."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for curve in curves:
+        kl = [p["kl"] for p in curve["points"]]
+        for ax, key in zip(axes, ("gold", "rm_score")):
+            line, = ax.plot(kl, [p[key] for p in curve["points"]], label=f"β = {curve['kl_coef']:g}")
+            ax.plot(curve["final_eval"]["kl"], curve["final_eval"][key], "o", color=line.get_color())
+    for ax, title in zip(axes, ("gold (true quality)", "reward-model score (the proxy)")):
+        ax.set_xlabel("KL from SFT (nats per answer)")
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def curve_markdown(curves, header) -> str:
+    out = [header, "", "| β | iterations | gold peak (iteration, KL, gold) | gold drop after peak | RM rise after peak "
+           "| held-out gold | held-out RM | held-out KL |", "|---" * 8 + "|"]
+    for c in curves:
+        p, f = c["gold_peak"], c["final_eval"]
+        out.append(f"| {c['kl_coef']:g} | {c['iterations']} | {p['iteration']}, {p['kl']:.2f}, {p['gold']:.3f} | "
+                   f"{c['gold_drop_after_peak']:.3f} | {c['rm_rise_after_peak']:+.3f} | {f['gold']:.3f} | "
+                   f"{f['rm_score']:.3f} | {f['kl']:.2f} |")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- the command
+
+def scoreboard_tasks(base, seeds, algorithms):
+    """SFT and PPO first at each seed: the online runs' token budget is PPO's count at that seed."""
+    return [[{**base, "algorithm": a, "seed": s, "save": s == 0} for a in ("sft", "ppo") if a == "sft" or a in algorithms]
+            for s in range(seeds)]
+
+
+def run_scoreboard(base, args, preset):
+    results = []
+    for first in scoreboard_tasks(base, args.seeds, args.algorithms):
+        done = run_all(first, args.in_process)
+        ppo = next((r for r in done if r["algorithm"] == "ppo"), None)
+        budget = ppo["generated_tokens"] if ppo else 0
+        rest = [{**first[0], "algorithm": a, "token_budget": budget} for a in args.algorithms if a != "ppo"]
+        results += done + run_all(rest, args.in_process)
+    rows = board(results)
+    lines = verdict(rows) if len(rows) > 1 else []
+    header = (f"Scoreboard, preset {preset}, {args.seeds} seed(s), eval on the held-out prompts "
+              f"(sampled answers; ± = 95% t interval over seeds): `{' '.join(sys.argv)}`")
+    (args.out / "scoreboard.md").write_text(markdown(rows, lines, header))
+    slim = [{k: v for k, v in r.items() if k != "records"} for r in results]
+    (args.out / "scoreboard.json").write_text(json.dumps({"command": sys.argv, "preset": preset, "rows": rows,
+                                                          "verdict": lines, "runs": slim}, indent=1) + "\n")
+    print((args.out / "scoreboard.md").read_text())
+
+
+def run_curve(base, args, preset):
+
+    parsed = base["overrides"]
+    cfg = make_config("beyond", preset, **parsed.get("beyond", {}))
+    iterations = cfg.curve_iterations or make_config("ppo", preset, **parsed.get("ppo", {})).iterations
+    tasks = [{**base, "algorithm": "ppo", "seed": 0, "ppo": {"kl_coef": c, "iterations": iterations}}
+             for c in cfg.curve_kl_coefs]
+    curves = [curve_summary(r) for r in run_all(tasks, args.in_process)]
+    header = (f"Over-optimisation, preset {preset}, PPO at each β for {iterations} iterations; along training: "
+              f"the answers of each iteration (training prompts, 5-iteration trailing mean); held-out: "
+              f"the eval prompts at the end: `{' '.join(sys.argv)}`")
+    (args.out / "curve.md").write_text(curve_markdown(curves, header))
+    (args.out / "curve.json").write_text(json.dumps({"command": sys.argv, "preset": preset, "curves": curves}, indent=1) + "\n")
+    plot_curve(curves, args.out / "curve.png")
+    print((args.out / "curve.md").read_text())
+
+
+def main() -> int:
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="auto")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data", default="dataset")
+    parser.add_argument("--model-dir", default="model", help="where actor/ and critic/ are, and the policies go")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "scoreboard")
+    parser.add_argument("--set", default="", dest="overrides", help='config overrides, "stage.field=value ..."')
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    parser.add_argument("--curve", action="store_true", help="the over-optimisation curve instead")
+    parser.add_argument("--in-process", action="store_true", help="no process per run (no peak memory)")
+    args = parser.parse_args()
+    preset, _ = resolve_preset(args.preset, f"{args.model_dir}/base")
+    try:
+        overrides = check_overrides(args.overrides, preset)
+    except ConfigError as err:
+        parser.error(str(err))
+    for stage in ("actor", "critic"):
+        if not (Path(args.model_dir) / stage / "config.json").exists():
+            parser.error(f"no {args.model_dir}/{stage}: run notebooks 0-2 first (make run)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = {"preset": preset, "overrides": overrides, "data": args.data, "model_dir": args.model_dir}
+    start = time.time()
+    (run_curve if args.curve else run_scoreboard)(base, args, preset)
+    print(f"wall time: {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
