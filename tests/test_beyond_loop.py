@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT
-from rlhf import beyond_loop
+from rlhf import beyond_loop, scoreboard
 from rlhf.checkpoint import save_checkpoint, write_json
 from rlhf.config import make_config
 from rlhf.data import encode_prompts, split_rows
@@ -121,3 +121,18 @@ def test_the_scoreboard_writes_its_table(model_dir, tmp_path):
     assert "| GRPO |" in table and "best on gold:" in table
     for name in ("ppo", "dpo", "rloo", "grpo"):
         assert (model_dir / name / "config.json").exists()
+
+
+def test_interval_is_the_95_percent_t_interval():
+    mean, half = scoreboard.interval([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2 df) = 4.303
+    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3))
+    assert math.isnan(scoreboard.interval([5.0])[1])
+
+
+def test_the_curve_finds_where_gold_peaks_and_how_far_it_falls():
+    gold = [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.4, 0.3, 0.2, 0.1]  # up, then down
+    history = [{"iteration": i + 1, "gold": g, "score": 0.1 * i, "kl": 0.5 * i} for i, g in enumerate(gold)]
+    curve = scoreboard.curve_summary({"kl_coef": 0.0, "history": history, "records": []}, window=1)
+    assert curve["gold_peak"]["iteration"] == 5 and curve["gold_peak"]["kl"] == 2.0
+    assert curve["gold_drop_after_peak"] == pytest.approx(0.4)
+    assert curve["rm_rise_after_peak"] == pytest.approx(0.5)
