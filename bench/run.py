@@ -37,7 +37,7 @@ TRL_PPO_PATH = TRL_VENV / "trl-ppo"  # trl 1.12, the last with PPOTrainer (setup
 STEPS = {("tiny", "sft"): (2, 5), ("tiny", "rm"): (2, 5), ("tiny", "ppo"): (1, 2)}
 for big in ("opt-125m", "smollm2-135m"):
     STEPS.update({(big, "sft"): (2, 2), (big, "rm"): (2, 2), (big, "ppo"): (0, 1)})
-STEPS.update({(shape, "ppo_lora"): STEPS[shape, "ppo"] for shape, _ in list(STEPS)})
+STEPS.update({(shape, "ppo_lora"): STEPS[shape, "ppo"] for shape in {shape for shape, _ in STEPS}})
 # glibc's malloc told to keep freed memory (what rlhf.runtime.keep_freed_cpu_memory does inside
 # the project's processes), given to TRL's processes too in the same-settings modes (fp32, bf16)
 SAME_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}

@@ -146,7 +146,7 @@ def rollout_stats(rollout, kl_coef):
     k3 = ppo.kl_per_token(rollout.logprobs, rollout.ref_logprobs, mask, "k3").sum(1)  # (B,)
     return {
         "score": float(rollout.raw_scores.mean()),
-        "score_normalized": float(rollout.scores.mean()),
+        "score_penalised": float(rollout.scores.mean()),  # after the EOS penalty and clip
         "rlhf_reward": float((rollout.scores - kl_coef * k1).mean()),
         "kl": float(k1.mean()), "kl_k3": float(k3.mean()),
         "entropy": float(ppo.masked_mean(rollout.entropy, mask)),  # of the policy that sampled
