@@ -189,7 +189,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "critic": dict(lr=5e-4, batch_size=16, epochs=1),
         "ppo": dict(actor_lr=2e-5, critic_lr=1e-4, iterations=60, rollout_batch=32, minibatch=32,
                     max_new_tokens=40),
-        "beyond": dict(dpo_lr=2e-5, rloo_lr=5e-5, grpo_lr=2e-5, iterations=120),
+        "beyond": dict(dpo_lr=2e-5, rloo_lr=5e-5, grpo_lr=2e-5, iterations=120, curve_iterations=100),
         "eval": dict(max_new_tokens=40),
     },
     # SmolLM2-135M-Instruct (a 135M Llama that already speaks, ChatML template): from the Hub when
