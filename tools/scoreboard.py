@@ -182,6 +182,8 @@ def scoreboard_tasks(base, seeds, algorithms):
 
 
 def run_scoreboard(base, args, preset):
+    """Every seed in turn: SFT and PPO, then the others at PPO's token count. The table is
+    rewritten after each seed, so a long run that is stopped keeps the seeds it finished."""
     results = []
     for first in scoreboard_tasks(base, args.seeds, args.algorithms):
         done = run_all(first, args.in_process)
@@ -189,31 +191,38 @@ def run_scoreboard(base, args, preset):
         budget = ppo["generated_tokens"] if ppo else 0
         rest = [{**first[0], "algorithm": a, "token_budget": budget} for a in args.algorithms if a != "ppo"]
         results += done + run_all(rest, args.in_process)
+        write_scoreboard(results, args, preset)
+    print((args.out / "scoreboard.md").read_text())
+
+
+def write_scoreboard(results, args, preset) -> None:
     rows = board(results)
     lines = verdict(rows) if len(rows) > 1 else []
-    header = (f"Scoreboard, preset {preset}, {args.seeds} seed(s), eval on the held-out prompts "
+    seeds = len({r["seed"] for r in results})
+    header = (f"Scoreboard, preset {preset}, {seeds} of {args.seeds} seed(s), eval on the held-out prompts "
               f"(sampled answers; ± = 95% t interval over seeds): `{' '.join(sys.argv)}`")
     (args.out / "scoreboard.md").write_text(markdown(rows, lines, header))
     slim = [{k: v for k, v in r.items() if k != "records"} for r in results]
     (args.out / "scoreboard.json").write_text(json.dumps({"command": sys.argv, "preset": preset, "rows": rows,
                                                           "verdict": lines, "runs": slim}, indent=1) + "\n")
-    print((args.out / "scoreboard.md").read_text())
 
 
 def run_curve(base, args, preset):
-
+    """PPO at each curve_kl_coefs; the table, JSON and plot rewritten after each run."""
     parsed = base["overrides"]
     cfg = make_config("beyond", preset, **parsed.get("beyond", {}))
     iterations = cfg.curve_iterations or make_config("ppo", preset, **parsed.get("ppo", {})).iterations
-    tasks = [{**base, "algorithm": "ppo", "seed": 0, "ppo": {"kl_coef": c, "iterations": iterations}}
-             for c in cfg.curve_kl_coefs]
-    curves = [curve_summary(r) for r in run_all(tasks, args.in_process)]
     header = (f"Over-optimisation, preset {preset}, PPO at each β for {iterations} iterations; along training: "
               f"the answers of each iteration (training prompts, 5-iteration trailing mean); held-out: "
               f"the eval prompts at the end: `{' '.join(sys.argv)}`")
-    (args.out / "curve.md").write_text(curve_markdown(curves, header))
-    (args.out / "curve.json").write_text(json.dumps({"command": sys.argv, "preset": preset, "curves": curves}, indent=1) + "\n")
-    plot_curve(curves, args.out / "curve.png")
+    curves = []
+    for coef in cfg.curve_kl_coefs:
+        task = {**base, "algorithm": "ppo", "seed": 0, "ppo": {"kl_coef": coef, "iterations": iterations}}
+        curves += [curve_summary(r) for r in run_all([task], args.in_process)]
+        (args.out / "curve.md").write_text(curve_markdown(curves, header))
+        (args.out / "curve.json").write_text(json.dumps({"command": sys.argv, "preset": preset, "curves": curves},
+                                                        indent=1) + "\n")
+        plot_curve(curves, args.out / "curve.png")
     print((args.out / "curve.md").read_text())
 
 
