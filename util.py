@@ -3,10 +3,12 @@
 A thin facade over the `rlhf` package, where each piece lives in a short module:
 
   rlhf/config.py      one frozen config per stage, the presets, config tables
-  rlhf/data.py        reading, validation, splitting, encoding, collation; the chat template
+  rlhf/data.py        reading, validation, splitting, encoding, collation
   rlhf/tasks.py       the built-in tasks, the demonstrator and the gold judge
-  rlhf/models.py      hub-or-fallback base model and tokenizer; the four models of PPO
-  rlhf/train.py       the supervised loop (SFT and reward model), accelerator, mixed precision
+  rlhf/models.py      hub-or-fallback base model and tokenizer; the four models of PPO, dropout off
+  rlhf/hub.py         is the Hugging Face Hub reachable (decided in seconds)
+  rlhf/steps.py       what both loops step with: accelerator, process collectives, fp16 scaler, AdamW
+  rlhf/train.py       the supervised loop (SFT and reward model)
   rlhf/sft.py         stage 1: the SFT loss
   rlhf/reward.py      stage 2: the pairwise loss, scores read at the last token
   rlhf/ppo.py         stage 3: the PPO math, small pure functions
@@ -16,9 +18,9 @@ A thin facade over the `rlhf` package, where each piece lives in a short module:
   rlhf/generation.py  sampling, decoding, chat
   rlhf/checkpoint.py  atomic Hugging Face checkpoint folders, resumable training state
   rlhf/runtime.py     precision choice, out-of-memory back-off, seeds, cache, logging
-  rlhf/colab.py       finding the project and setting up Colab (the notebooks' first cell)
+  rlhf/colab.py       setting up Colab (the notebooks' first cell), the Open-in-Colab links
   rlhf/sources.py     DATA from files, save_to_disk folders or the Hub; rm-static/hh-rlhf layouts
-  rlhf/chat.py        rows rendered with a hub model's own chat template
+  rlhf/chat.py        the chat template; rows rendered with a hub model's own one
   rlhf/overrides.py   stage.field=value settings (the SET parameter) and command-line flags
   rlhf/tracking.py    TensorBoard / wandb / trackio through accelerate's trackers
   rlhf/cards.py       model cards in every checkpoint, push_to_hub
@@ -44,8 +46,10 @@ from rlhf.overrides import check_overrides, stage_overrides
 from rlhf.rollout import make_rollout
 from rlhf.runtime import RunLog, explain_precision, free_gpu_cache, seed_everything
 from rlhf.sources import load_data
+from rlhf.steps import make_accelerator
 from rlhf.tasks import FLAW_NAMES, gold_breakdown, gold_flaws, gold_score
-from rlhf.train import fit, make_accelerator
+from rlhf.tracking import open_log as open_tracked_log
+from rlhf.train import fit
 
 MODEL_DIR = "model"
 
@@ -86,7 +90,5 @@ def start(stage: str, preset: str = "auto", data_dir: str = "dataset", show=(), 
 def open_log(stage: str, configs=(), preset: str = "opt-125m", overrides: str = "") -> RunLog:
     """The stage's RunLog under model/logs, with the experiment trackers TrackConfig.report_to
     asks for (TensorBoard by default when installed; `tensorboard --logdir model/logs`)."""
-    from rlhf.tracking import open_log as open_tracked_log
-
     track_cfg = make_config("track", preset, **stage_overrides(overrides, "track"))
     return open_tracked_log(stage, configs, track_cfg, folder=stage_dir("logs"))

@@ -77,8 +77,8 @@ def fit_row(stage, st, precision):
 
 def ppo_row(st, precision):
     """PPO iterations through rlhf.ppo_loop.train_ppo with the four models."""
+    from rlhf.models import disable_dropout
     from rlhf.ppo_loop import train_ppo
-    from rlhf.rollout import disable_dropout
 
     cfg = make_config("ppo", "opt-125m", iterations=st.steps, rollout_batch=st.prompts, minibatch=st.prompts,
                       ppo_epochs=st.ppo_epochs, max_new_tokens=st.new_tokens, mixed_precision=precision,

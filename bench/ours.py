@@ -94,8 +94,8 @@ class IterationLog:
 
 def bench_ppo(st):
     from rlhf.config import make_config
+    from rlhf.models import disable_dropout
     from rlhf.ppo_loop import train_ppo
-    from rlhf.rollout import disable_dropout
 
     cfg = make_config("ppo", "opt-125m", iterations=st.warmup + st.steps, lora_rank=st.lora_rank,
                       critic_lora_rank=st.lora_rank,

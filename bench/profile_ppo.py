@@ -69,8 +69,8 @@ def main():
     args = parser.parse_args()
 
     from rlhf.config import make_config
+    from rlhf.models import disable_dropout
     from rlhf.ppo_loop import train_ppo
-    from rlhf.rollout import disable_dropout
 
     st = Settings(task="ppo", shape=args.shape, precision=args.precision)
     cfg = make_config("ppo", "opt-125m", iterations=2, rollout_batch=st.prompts, minibatch=st.prompts,

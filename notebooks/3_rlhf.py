@@ -1,4 +1,7 @@
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/your-name/simple-rlhf-tiny/blob/main/3_rlhf.ipynb)
+
+# %% [markdown]
 # # 3 · RLHF with PPO
 #
 # The actor now learns from the reward model instead of from demonstrations. Four models take
@@ -19,97 +22,41 @@
 # the library's runner (resumable, multi-process), which gives the loop's numbers exactly.
 #
 # > **3 · 用 PPO 做 RLHF。** actor 现在向奖励模型学习，而不是向示范学习。共有四个模型（沿用
-# > DeepSpeed-Chat 的叫法）：**actor**（策略 π，训练）、**reference**（冻结的 SFT 策略 π_ref，actor
-# > 不能离它太远）、**reward**（冻结，在最后一个 token 上给整段回答打分）、**critic**（价值模型，训练，在每个 token 上预测之后的回报）。一次 PPO 迭代：**采样**回答 → **打分**（奖励模型、相对 reference
-# > 的 KL 惩罚、价值）→ 计算**优势**（GAE）→ 若干 **epoch** 的裁剪更新。本笔记本分四步：(1) 在玩具张量上逐个运行 `rlhf/ppo.py` 的函数；(2) 在真实模型上手算一次迭代，并列出一条回答的每个数；
+# > DeepSpeed-Chat 的叫法）：**actor**（策略 π，训练）、**reference**（参考模型：冻结的 SFT 策略 π_ref，actor
+# > 不能离它太远）、**reward**（冻结，在最后一个 token 上给整段回答打分）、**critic**（价值模型，训练，在每个 token 上预测之后的回报）。一次 PPO 迭代：**采样**回答 → **打分**（奖励模型、相对参考模型的
+# > KL 散度惩罚、价值）→ 计算**优势**（GAE）→ 若干 **epoch** 的裁剪更新。本笔记本分四步：(1) 在玩具张量上逐个运行 `rlhf/ppo.py` 的函数；(2) 在真实模型上逐步运行一次迭代，并列出一条回答的每个数；
 # > (3) 用同样的函数在一个简短的单元格里写出训练循环；(4) 用库里的训练器（可续训、可多进程）完整训练，它的数字与循环完全一致。
+
+# %% [markdown]
+# ![One PPO iteration: the actor samples answers to prompts; the actor, the reference, the reward model and the critic each read them; KL-penalised rewards; GAE; the PPO update of actor and critic](docs/ppo_flow.png)
+#
+# What flows between the four models in one iteration (`tools/make_diagram.py` draws it): the
+# actor samples `query_responses`; the actor and the reference give `logprobs` and
+# `ref_logprobs`, the reward model a `score`, the critic `values`; the per-token rewards are the
+# KL penalty plus the score on the last token; GAE turns rewards and values into advantages and
+# returns; the PPO epochs update the actor (policy loss) and the critic (value loss).
+#
+# > 一次迭代里四个模型之间流动的数据（由 `tools/make_diagram.py` 画出）：actor 采样出 `query_responses`；actor 和参考模型给出 `logprobs` 与 `ref_logprobs`，奖励模型给出 `score`，critic 给出 `values`；每个 token 的奖励是 KL 散度惩罚，最后一个 token 再加上分数；GAE 由奖励和价值算出优势和回报；PPO 的若干 epoch 更新 actor（策略损失）和 critic（价值损失）。图中橙色是训练的模型，蓝色是冻结的模型，灰色是数据。
 
 # %% tags=["parameters"]
 PRESET = "auto"
 DATA = "dataset"
 SET = ""            # any config field, as space-separated stage.field assignments (README, Settings)
-PROJECT_SEARCH = ""  # folders to look below for the project, colon-separated; empty means cwd, /content, MyDrive
-REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
+PROJECT = "simple-rlhf-tiny"  # started outside the project (Colab): its folder, cloned if missing; /content/drive/MyDrive/NAME keeps it in Drive
+REPO_URL = "https://github.com/your-name/simple-rlhf-tiny.git"  # cloned into PROJECT when it is not there
 
 # %% cellView="form"
-# @title Find the project, set up Colab, import util
-# The same cell in every notebook, written by tools/build_notebooks.py from rlhf/colab.py.
+# @title Get the project, set up Colab, import util (the same cell in every notebook)
 import os, subprocess, sys
-from pathlib import Path
-
-
-def in_colab() -> bool:
-    """On Colab, or where COLAB_RELEASE_TAG is set (as in a test that plays Colab)."""
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
-
-
-def find_project_root(roots=(), depth: int = 3) -> Path | None:
-    """The project (a folder holding util.py and rlhf/) under any name: the working directory or
-    one of its parents, else the shallowest one at most `depth` levels below each of `roots` in
-    turn. None if there is none."""
-    def is_project(folder):
-        return (folder / "util.py").is_file() and (folder / "rlhf").is_dir()
-
-    def subfolders(folder):
-        try:
-            return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        except OSError:  # missing or unreadable
-            return []
-
-    here = Path.cwd()
-    for folder in [here, *here.parents]:
-        if is_project(folder):
-            return folder
-    for root in dict.fromkeys(Path(root).resolve() for root in roots):  # each once, in order
-        level, levels_left = [root], depth
-        while level:
-            found = next((folder for folder in level if is_project(folder)), None)
-            if found:
-                return found.resolve()
-            level = [sub for folder in level for sub in subfolders(folder)] if levels_left else []
-            levels_left -= 1
-    return None
-
-
-def locate_project(search: str = "", repo_url: str = "", depth: int = 3, log=print) -> Path:
-    """Find the project below the folders in `search` (separated by ':'; by default the working
-    directory, /content and Drive's MyDrive). On Colab with nothing found, mount Drive and look
-    again; then clone `repo_url` into the first search folder; failing all that, stop and say
-    what to do."""
-    roots = search.split(os.pathsep) if search else [os.getcwd(), "/content", "/content/drive/MyDrive"]
-    found = find_project_root(roots, depth)
-    if found is None and in_colab():
-        try:
-            from google.colab import drive
-        except ImportError:
-            log("Colab, but google.colab cannot be imported (a stand-in?): Drive not mounted")
-        else:
-            drive.mount("/content/drive")
-            found = find_project_root(roots, depth)
-    if found is None and repo_url:
-        target = Path(roots[0]).resolve() / "simple-rlhf-tiny"
-        log(f"cloning {repo_url} into {target}")
-        subprocess.run(["git", "clone", "-q", repo_url, str(target)], check=True)
-        found = find_project_root([target], depth=0)
-    if found is None:
-        raise SystemExit(
-            f"Cannot find the project (a folder holding util.py and rlhf/) in {os.getcwd()}, its "
-            f"parents, or up to {depth} levels below {', '.join(roots)}.\n"
-            "Do one of these, then run this cell again:\n"
-            "  1. Clone it: in a new cell, run\n"
-            "       !git clone <URL of this repository> /content/simple-rlhf-tiny\n"
-            "     (or set REPO_URL in the parameters cell above, and this cell clones it).\n"
-            "  2. Or upload the project folder, under any name, to your Google Drive (My Drive);\n"
-            "     this cell mounts Drive and finds it.")
-    return found
-
-
-root = locate_project(PROJECT_SEARCH, REPO_URL)
-os.chdir(root); sys.path.insert(0, str(root))
-from rlhf.colab import setup_colab
-setup_colab(root)  # Colab only: install or upgrade what requirements.txt asks for (never torch)
+root = "." if os.path.isfile("rlhf/colab.py") else PROJECT  # started outside it (Colab): PROJECT
+if root.startswith("/content/drive/"): from google.colab import drive; drive.mount("/content/drive")
+if not os.path.isfile(f"{root}/rlhf/colab.py"):  # not there yet: clone it
+    subprocess.run(["git", "clone", "-q", "--depth=1", REPO_URL, root], check=True)
+os.chdir(root); sys.path.insert(0, os.getcwd())
+from rlhf.colab import in_colab, setup_colab
+setup_colab()  # Colab only: pip-installs what requirements.txt wants and lacks (never torch)
 import util  # only now: it imports transformers
-print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
+print("project:", os.getcwd(), "| Colab:", in_colab(), "| GPU:", util.has_gpu())
 
 # %%
 import inspect, torch
@@ -146,7 +93,7 @@ print("mask\n", mask, "\ntruncated\n", truncated, "\nhas_eos", has_eos)
 #
 # > **2 · 奖励：每个 token 上有 KL 惩罚，最后一个 token 上加分数。** 分数 $s$ 来自奖励模型，用笔记本 2
 # > 在 SFT 回答上测得的统计量归一化（均值 0、标准差 1），没有输出 EOS 的回答再扣一个惩罚，最后裁剪到
-# > ±5。β = 0.1 让策略不远离 reference；没有它，actor 会漂向任何能骗过奖励模型的文本。
+# > ±5。β = 0.1 让策略不远离参考模型；没有它，actor 会漂向任何能骗过奖励模型的文本。
 
 # %%
 logprobs = torch.tensor([[-1.0, -2.0, -0.5, 0.0, 0.0], [-1.0, -1.0, -1.0, -1.0, -1.0]])
@@ -167,7 +114,7 @@ print("KL k1 per answer", ppo.kl_per_token(logprobs, ref_logprobs, mask).sum(1),
 # matrix product; the loop below is its reference (the tests compare them).
 #
 # > **3 · 优势：在有效 token 上做 GAE。** γ = 1，λ = 0.95，最后一个有效 token 之后 $V = 0$。回报
-# > $A + V$ 是 critic 的学习目标。critic 在 EOS 之后也有输出（下面的 9.0）：它们被忽略，换成任何值优势都不变。随后只在有效 token 上把优势白化（均值 0、标准差 1），与训练循环一致。快速版本是一次矩阵乘法；下面的循环是它的参照（测试会比较两者）。
+# > $A + V$ 是 critic 的学习目标。critic 在 EOS 之后也有输出（下面的 9.0）：它们被忽略，换成任何值优势都不变。随后只在有效 token 上把优势标准化（均值 0、标准差 1），与训练循环一致。快速版本是一次矩阵乘法；下面的循环是它的参照（测试会比较两者）。
 
 # %%
 values = torch.tensor([[0.1, 0.2, 0.3, 9.0, 9.0], [0.0, 0.1, 0.0, 0.1, 0.0]])  # 9.0: after the EOS
@@ -188,7 +135,7 @@ print(inspect.getsource(ppo.gae_naive))
 # and nothing is clipped. Once a token's ratio leaves [1 − ε, 1 + ε] in the direction its
 # advantage favours, the clipped term wins and that token stops pushing.
 #
-# > **4 · 裁剪的策略损失。** 使用白化后的优势。第一次更新前 π = π_old，所有比率都正好是 1，没有任何裁剪。一旦某个 token 的比率朝着优势鼓励的方向离开 [1 − ε, 1 + ε]，裁剪项胜出，这个 token 就不再推动更新。
+# > **4 · 裁剪的策略损失。** 使用标准化后的优势。第一次更新前 π = π_old，所有比率都正好是 1，没有任何裁剪。一旦某个 token 的比率朝着优势鼓励的方向离开 [1 − ε, 1 + ε]，裁剪项胜出，这个 token 就不再推动更新。
 
 # %%
 new_logprobs = logprobs + torch.tensor([[0.5, -0.1, 0.0, 0.0, 0.0], [0.0, 0.3, 0.0, -0.4, 0.1]])
@@ -224,7 +171,7 @@ print("at the start:", round(float(start_loss), 4), "= 0.5 * mean squared error"
 # accelerator sets the device and mixed precision; every pass of the rollout runs under the same
 # autocast as the update.
 #
-# > **第二部分 · 在真实模型上手算一次迭代。** 在训练好的检查点上重复同样的步骤：从 PPO 那份数据取几个提示词，每个张量都由一个可以阅读的库函数算出（`util.rollout`、`util.ppo`）。四个模型都关闭了
+# > **第二部分 · 在真实模型上逐步运行一次迭代。** 在训练好的检查点上重复同样的步骤：从 PPO 那份数据取几个提示词，每个张量都由一个可以阅读的库函数算出（`util.rollout`、`util.ppo`）。四个模型都关闭了
 # > dropout，所以 rollout 时和第一次训练前向时的 log 概率完全一致。accelerator 负责设备和混合精度；
 # > rollout 的每次前向都与更新使用同样的 autocast。
 
@@ -290,9 +237,9 @@ print("responses:", tuple(responses.shape), "(B, R) | query_responses:", tuple(q
 # (w·h + b − mean) / std (`util.reward.fold_score_stats`). Before the first update the actor *is*
 # the reference, so the KL is exactly 0.
 #
-# > **d · 三次前向；e · 打分。** actor 和 reference 给出每个采样 token 的 log 概率（位置 t − 1 预测
+# > **d · 三次前向；e · 打分。** actor 和参考模型给出每个采样 token 的 log 概率（位置 t − 1 预测
 # > token t，温度为 T）；critic 在每个位置给出价值；奖励模型在每条回答的最后一个 token 上打分，然后对没有 EOS 的回答扣分并裁剪（`util.rollout.score`）。分数已经是归一化的：加载模型时把第二阶段在 SFT
-# > 回答上的统计量折进了奖励模型的输出头，(w·h + b − mean) / std（`util.reward.fold_score_stats`）。第一次更新之前 actor 就是 reference，所以 KL 正好是 0。
+# > 回答上的统计量折进了奖励模型的输出头，(w·h + b − mean) / std（`util.reward.fold_score_stats`）。第一次更新之前 actor 与参考模型完全相同，所以 KL 散度正好是 0。
 
 # %%
 with torch.no_grad(), accelerator.autocast():
@@ -320,8 +267,8 @@ for prompt, text, eos, raw, s in zip(prompt_texts, texts, has_eos.tolist(), raw_
 # of the normalised score from the first iteration: a constant offset c in the values would shift
 # every advantage by −c·λ^(L−1−t) and favour short (or long) answers.
 #
-# > **f · 奖励、优势、白化，以及一条回答的逐 token 数值。** 第一条回答上 PPO 学习用到的每个数：两个
-# > log 概率及其给出的 KL 项（目前为 0）、奖励（分数落在最后一个 token 上）、critic 的价值、GAE 优势、在整批有效 token 上白化后的优势，以及 critic 要回归的回报。最后两行在 EOS 之后：critic 在那里仍有输出，但没有任何地方用到它们。critic 最初就是奖励模型，输出头里折进了同样的统计量，所以从第一次迭代起它的价值就和归一化后的分数同一尺度：价值里一个常数偏移 c 会让每个优势平移 −c·λ^(L−1−t)，偏向短（或长）的回答。
+# > **f · 奖励、优势、标准化，以及一条回答的逐 token 数值。** 第一条回答上 PPO 学习用到的每个数：两个
+# > log 概率及其给出的 KL 项（目前为 0）、奖励（分数落在最后一个 token 上）、critic 的价值、GAE 优势、在整批有效 token 上标准化后的优势，以及 critic 要回归的回报。最后两行在 EOS 之后：critic 在那里仍有输出，但没有任何地方用到它们。critic 最初就是奖励模型，输出头里折进了同样的统计量，所以从第一次迭代起它的价值就和归一化后的分数同一尺度：价值里一个常数偏移 c 会让每个优势平移 −c·λ^(L−1−t)，偏向短（或长）的回答。
 
 # %%
 rewards, non_score_rewards = ppo.compute_rewards(scores, logprobs, ref_logprobs, mask, cfg.kl_coef)
@@ -377,7 +324,7 @@ display(token_frame(0, **{"ratio after": (after - logprobs).exp() * mask}))
 # function), update, anneal the learning rates. The models start again from the checkpoints.
 # `loop_iterations` is kept small here: part 4 runs all of them.
 #
-# > **第三部分 · 训练循环。** 整个 PPO 就是把这些步骤放进循环：取一批提示词，做一次 rollout（采样、四个模型的前向、奖励、GAE、白化：`make_rollout` 就是第二部分 a–f 合成的一个函数），更新，然后衰减学习率。模型重新从检查点加载。这里 `loop_iterations` 取得很小：第四部分会跑完全部迭代。
+# > **第三部分 · 训练循环。** 整个 PPO 就是把这些步骤放进循环：取一批提示词，做一次 rollout（采样、四个模型的前向、奖励、GAE、标准化：`make_rollout` 就是第二部分 a–f 合成的一个函数），更新，然后衰减学习率。模型重新从检查点加载。这里 `loop_iterations` 取得很小：第四部分会跑完全部迭代。
 
 # %%
 actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg, accelerator.device)
@@ -430,11 +377,20 @@ display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4))
 # | `approx_kl` | KL between π_old and π after the update | ≪ 0.1 |
 # | `policy_loss`, `value_loss` | the two losses | value loss falls as the critic learns |
 #
-# > **第四部分 · 完整训练。** `util.train_ppo` 就是上面的循环，再加上长时间训练需要的东西：崩溃后从定期检查点续训、多进程运行（`accelerate launch`，每个进程采样自己的提示词，梯度取平均）、显存不足时把 batch 减半、连续出现非有限值的更新时停止、记录 gold 分数和样例。从同样的检查点和随机种子出发，它前几次迭代的数字与循环完全相同（下面会比较，`tests/test_notebook_loop.py` 也会检查）。上表解释了每个记录的数字：`score` 奖励模型分数，应上升；`gold` 评判器分数（不参与训练），应随 `score`
-# > 上升，若 `score` 涨而 `gold` 不涨，说明策略在糊弄奖励模型；`rlhf_reward` 归一化分数减 β·KL，是
-# > PPO 最大化的目标；`kl`、`kl_k3` 每条回答的 KL，从 0 缓慢增长；`entropy` 熵，缓慢下降，跌到约 0
-# > 表示策略不再探索；`response_length`、`eos_rate` 回答长度与以 EOS 结束的比例；`ratio_mean` 更新中 π/π_old 的均值，约为 1；`clipfrac` 被裁剪的 token 比例，0 – 0.2；`approx_kl` 更新前后策略的
-# > KL，远小于 0.1；`policy_loss`、`value_loss` 两个损失，价值损失应随 critic 学习而下降。
+# > **第四部分 · 完整训练。** `util.train_ppo` 就是上面的循环，再加上长时间训练需要的东西：崩溃后从定期检查点续训、多进程运行（`accelerate launch`，每个进程采样自己的提示词，梯度取平均）、显存不足时把 batch 减半、连续出现非有限值的更新时停止、记录 gold 分数和样例。从同样的检查点和随机种子出发，它前几次迭代的数字与循环完全相同（下面会比较，`tests/test_notebook_loop.py` 也会检查）。每个记录的数字的含义，以及正常的训练是什么样子：
+# >
+# > | 数字 | 含义 | 正常的样子 |
+# > |---|---|---|
+# > | `score` | 奖励模型给回答的分数，已在输出头里归一化（0：一条普通的 SFT 回答） | 上升 |
+# > | `gold` | gold judge 的评分（笔记本 0；从不用于训练） | 随 `score` 一起上升；若 `score` 上升而 `gold` 不升，说明策略在糊弄奖励模型 |
+# > | `rlhf_reward` | 归一化分数 − β·KL，PPO 最大化的目标 | 上升 |
+# > | `kl`、`kl_k3` | 一条回答上累加的 KL 散度 KL(π‖π_ref)，两种估计量 | 从 0 开始缓慢增长，几个 nat；k1 在某一批上可能低于 0，k3 从不为负 |
+# > | `entropy` | 采样这批 rollout 的策略的平均每 token 熵 | 缓慢下降；跌到约 0 表示策略不再探索 |
+# > | `response_length`、`eos_rate` | 每条回答的 token 数、以 EOS 结束的比例 | 长度趋于稳定，EOS 比例 → 1 |
+# > | `ratio_mean` | 更新中 π/π_old 的均值 | ≈ 1（第一个 minibatch 上正好是 1） |
+# > | `clipfrac` | 比率离开 [1−ε, 1+ε] 的 token 比例 | 0 – 0.2；更高说明步子太大 |
+# > | `approx_kl` | 更新前的 π_old 与更新后的 π 之间的 KL 散度 | ≪ 0.1 |
+# > | `policy_loss`、`value_loss` | 两个损失 | 价值损失随 critic 学习而下降 |
 
 # %%
 actor, reference, reward_model, critic = util.load_ppo_models(actor_dir, critic_dir, cfg)

@@ -12,6 +12,9 @@ import numbers
 from dataclasses import is_dataclass
 from pathlib import Path
 
+from .config import config_to_dict
+from .hub import hub_reachable
+
 ABOUT = {
     "base": ("the base model", "text-generation",
              "The starting point: a hub model, or (offline) a small OPT with random weights and a "
@@ -62,8 +65,6 @@ def usage(stage: str, repo: str) -> str:
 
 def model_card(folder, stage: str, configs=(), metrics=None, repo: str | None = None) -> str:
     """The README.md text of checkpoint `folder` written by `stage`."""
-    from .config import config_to_dict
-
     folder = Path(folder)
     title, task, about = ABOUT[stage]
     base = _base_of(folder, configs)
@@ -104,8 +105,6 @@ def write_card(folder, stage: str, configs=(), metrics=None, out=None) -> Path |
 def push_to_hub(folder, repo_id: str, private: bool = True, log=print, timeout_s: float = 3.0):
     """Upload checkpoint `folder` to the Hub repo `repo_id` (created if missing); returns its URL,
     or None after saying why nothing was pushed (no repo id, offline, not logged in)."""
-    from .models import hub_reachable
-
     if not repo_id:
         log("push_to_hub: skipped (no repo id; set HUB_REPO, e.g. 'your-name/simple-rlhf-tiny')")
         return None

@@ -1,10 +1,11 @@
 """Colab plumbing, on the standard library only: importing this module loads neither torch nor
 transformers, so a notebook can run it before anything else.
 
-The first code cell of every notebook finds the project with `locate_project` and then calls
-`setup_colab`, both before `import util`. The project cannot be imported before it is found, so
-tools/build_notebooks.py copies the three functions marked below into that cell; they are
-written, and tested, only here.
+The first code cell of every notebook (written by tools/build_notebooks.py) gets the project in a
+few lines before it can import anything from it: where the notebook was started inside the project
+(a laptop, `make run`) it stays there; elsewhere (a fresh Colab runtime, in /content) it goes to
+the PROJECT parameter, mounting Google Drive first when PROJECT is in Drive and cloning REPO_URL
+there when the project is missing. Then it imports `setup_colab` from here.
 """
 from __future__ import annotations
 
@@ -16,77 +17,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Where the project is published: the "Open in Colab" links (README, the top of every notebook)
+# and the notebooks' REPO_URL parameter, which a fresh Colab runtime clones.
+GITHUB_REPO = "your-name/simple-rlhf-tiny"
+REPO_URL = f"https://github.com/{GITHUB_REPO}.git"
+
 # Requirements that setup_colab leaves alone: Colab's own CUDA build of torch stays, and Jupyter,
 # papermill and pytest serve headless runs and the tests, not a notebook open in Colab.
 COLAB_KEEPS = {"torch", "jupyter", "papermill", "pytest"}
 
 
-# --- copied into the first cell of every notebook (tools/build_notebooks.py) -----------------
 def in_colab() -> bool:
     """On Colab, or where COLAB_RELEASE_TAG is set (as in a test that plays Colab)."""
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
-def find_project_root(roots=(), depth: int = 3) -> Path | None:
-    """The project (a folder holding util.py and rlhf/) under any name: the working directory or
-    one of its parents, else the shallowest one at most `depth` levels below each of `roots` in
-    turn. None if there is none."""
-    def is_project(folder):
-        return (folder / "util.py").is_file() and (folder / "rlhf").is_dir()
-
-    def subfolders(folder):
-        try:
-            return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        except OSError:  # missing or unreadable
-            return []
-
-    here = Path.cwd()
-    for folder in [here, *here.parents]:
-        if is_project(folder):
-            return folder
-    for root in dict.fromkeys(Path(root).resolve() for root in roots):  # each once, in order
-        level, levels_left = [root], depth
-        while level:
-            found = next((folder for folder in level if is_project(folder)), None)
-            if found:
-                return found.resolve()
-            level = [sub for folder in level for sub in subfolders(folder)] if levels_left else []
-            levels_left -= 1
-    return None
-
-
-def locate_project(search: str = "", repo_url: str = "", depth: int = 3, log=print) -> Path:
-    """Find the project below the folders in `search` (separated by ':'; by default the working
-    directory, /content and Drive's MyDrive). On Colab with nothing found, mount Drive and look
-    again; then clone `repo_url` into the first search folder; failing all that, stop and say
-    what to do."""
-    roots = search.split(os.pathsep) if search else [os.getcwd(), "/content", "/content/drive/MyDrive"]
-    found = find_project_root(roots, depth)
-    if found is None and in_colab():
-        try:
-            from google.colab import drive
-        except ImportError:
-            log("Colab, but google.colab cannot be imported (a stand-in?): Drive not mounted")
-        else:
-            drive.mount("/content/drive")
-            found = find_project_root(roots, depth)
-    if found is None and repo_url:
-        target = Path(roots[0]).resolve() / "simple-rlhf-tiny"
-        log(f"cloning {repo_url} into {target}")
-        subprocess.run(["git", "clone", "-q", repo_url, str(target)], check=True)
-        found = find_project_root([target], depth=0)
-    if found is None:
-        raise SystemExit(
-            f"Cannot find the project (a folder holding util.py and rlhf/) in {os.getcwd()}, its "
-            f"parents, or up to {depth} levels below {', '.join(roots)}.\n"
-            "Do one of these, then run this cell again:\n"
-            "  1. Clone it: in a new cell, run\n"
-            "       !git clone <URL of this repository> /content/simple-rlhf-tiny\n"
-            "     (or set REPO_URL in the parameters cell above, and this cell clones it).\n"
-            "  2. Or upload the project folder, under any name, to your Google Drive (My Drive);\n"
-            "     this cell mounts Drive and finds it.")
-    return found
-# --- end of what the first cell copies -------------------------------------------------------
+def colab_link(notebook: str) -> str:
+    """The address that opens `notebook` (e.g. "0_download.ipynb") from GitHub in Colab."""
+    return f"https://colab.research.google.com/github/{GITHUB_REPO}/blob/main/{notebook}"
 
 
 def canonical(name: str) -> str:

@@ -8,8 +8,9 @@ problem raises `DataError` naming the file, the line (or array element) and the 
 A token sequence is `[bos] + prompt_ids + response_ids + [eos]`, where the response is tokenised
 as " " + text. Prompts too long are cut from the LEFT (the "Assistant:" end is what the model
 must continue from); responses too long are cut from the right and then lose their EOS.
-CHAT_TEMPLATE renders chat messages in exactly this format, so `tokenizer.apply_chat_template`
-(and `transformers.pipeline` with messages) gives the ids the models were trained on.
+rlhf.chat.CHAT_TEMPLATE renders chat messages in exactly this format, so
+`tokenizer.apply_chat_template` (and `transformers.pipeline` with messages) gives the ids the
+models were trained on.
 """
 from __future__ import annotations
 
@@ -21,32 +22,13 @@ from pathlib import Path
 
 import torch
 
+from . import chat
+
 FIELDS = ("prompt", "response", "chosen", "rejected")
 # Fields that must hold text (not just whitespace). In eval data `rejected` may be empty:
 # such a row has a prompt and a response but no preference pair.
 NON_EMPTY = {"train": FIELDS, "eval": ("prompt", "response", "chosen")}
 IGNORE_INDEX = -100  # label of positions the loss skips (torch cross_entropy's default)
-
-
-# The training format as a Jinja chat template (every checkpoint's tokenizer carries it):
-# [{"role": "user", "content": "What colour is a banana?"}] with add_generation_prompt renders
-# "<bos>Human: What colour is a banana? Assistant:", the prompt of a row; a final assistant
-# message renders as " Assistant: <answer><eos>", the SFT sequence. Earlier assistant turns get
-# no EOS, as in a multi-turn prompt of the data.
-CHAT_TEMPLATE = (
-    "{{- bos_token if bos_token else '' -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{{- ('' if loop.first else ' ') + 'Human: ' + message['content'] | trim -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{- ' Assistant: ' + message['content'] | trim -}}"
-    "{%- if loop.last and eos_token -%}{{- eos_token -}}{%- endif -%}"
-    "{%- else -%}"
-    "{{- raise_exception('only user and assistant messages: the training data has no other role') -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- ' Assistant:' -}}{%- endif -%}"
-)
 
 
 class DataError(ValueError):
@@ -201,8 +183,6 @@ def _special_ids(tokenizer) -> tuple[list[int], int]:
 
 def prompt_to_ids(tokenizer, prompt: str, max_prompt_length: int, where: str = "prompt"):
     """(bos + prompt ids, was_truncated); only the prompt's last tokens are kept if it is too long."""
-    from . import chat
-
     bos, _ = _special_ids(tokenizer)
     if chat.uses_builtin_template(tokenizer):
         ids = tokenizer(prompt, add_special_tokens=False).input_ids
@@ -222,8 +202,6 @@ def build_sequence(tokenizer, prompt_ids: list[int], response_text: str, max_len
     The response is tokenised as " " + response_text; if it must be cut, the EOS goes too.
     n_response counts the response tokens kept, EOS included.
     """
-    from . import chat
-
     _, eos = _special_ids(tokenizer)
     if chat.uses_builtin_template(tokenizer):
         response = tokenizer(" " + response_text, add_special_tokens=False).input_ids + [eos]

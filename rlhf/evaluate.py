@@ -8,6 +8,7 @@ from .data import collate_prompts, encode_prompts
 from .generation import decode_responses, generate
 from .reward import sequence_scores
 from .rollout import response_logits
+from .tasks import FLAW_NAMES, gold_flaws, gold_score, parse_prompt
 
 
 @torch.no_grad()
@@ -104,8 +105,6 @@ def summarize(records, has_gold: bool):
 def gold_judge_for(prompts):
     """The gold judge when every prompt is one of the built-in tasks (it can grade those only),
     else None: on your own data there is no gold score, only the reward model's."""
-    from .tasks import gold_score, parse_prompt
-
     return gold_score if prompts and all(parse_prompt(p) is not None for p in prompts) else None
 
 
@@ -120,8 +119,6 @@ def pairs(records, mode="sampled", a="sft", b="rlhf"):
 def flaw_table(records, mode="sampled"):
     """Share of answers with each flaw the gold judge names (tasks.gold_flaws), per policy:
     rows [flaw, SFT share, RLHF share], then the share with none. Built-in tasks only."""
-    from .tasks import FLAW_NAMES, gold_flaws
-
     found = {policy: [gold_flaws(r["prompt"], r["response"], r["ended"]) for r in records
                       if r["policy"] == policy and r["mode"] == mode] for policy in ("sft", "rlhf")}
     share = lambda policy, test: sum(map(test, found[policy])) / max(len(found[policy]), 1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig
 
+from .data import collate_prompts, encode_prompts
+
 # Every logits processor and warper of transformers' generate, switched off. generate() fills each
 # field of a passed GenerationConfig that is None from the model's own generation_config (a Hub
 # model ships repetition_penalty, top_k, top_p, min_p, ...), so none may be left unset.
@@ -68,8 +70,6 @@ def complete(model, tokenizer, prompts, max_prompt_length: int, max_new_tokens: 
              do_sample: bool = False, temperature: float = 1.0, batch_size: int = 32):
     """Answer each prompt text: (texts, ended, sequences), where a sequence is the prompt ids plus
     the response ids up to and including the first EOS (what the reward model scores)."""
-    from .data import collate_prompts, encode_prompts
-
     device = next(model.parameters()).device
     model.eval()
     texts, ended, sequences = [], [], []
@@ -92,7 +92,7 @@ def chat(model, tokenizer, question, max_new_tokens: int = 48, do_sample: bool =
          temperature: float = 1.0) -> str:
     """Ask `model` a question and return its answer. `question` is a string or chat messages
     ([{"role": "user", "content": ...}, ...]), formatted by the tokenizer's chat template: the
-    training format (rlhf.data.CHAT_TEMPLATE), as `transformers.pipeline` formats messages too."""
+    training format (rlhf.chat.CHAT_TEMPLATE), as `transformers.pipeline` formats messages too."""
     messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                         return_dict=True)["input_ids"]

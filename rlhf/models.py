@@ -6,44 +6,18 @@ loads checkpoints with the `Auto*` classes, so OPT, GPT-2 and Llama-style models
 """
 from __future__ import annotations
 
-import concurrent.futures
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
+from .chat import CHAT_TEMPLATE
 from .checkpoint import read_json
 from .config import BaseConfig
+from .hub import hub_reachable
 from .pretrained import load_gguf, packaged_file
 from .reward import fold_score_stats
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
-
-
-def hub_reachable(timeout_s: float = 3.0) -> tuple[bool, str]:
-    """Can we open a TCP connection to the model hub within `timeout_s`? Returns (ok, reason).
-
-    Decides in seconds what an offline `from_pretrained` takes ~50 s of retries to find out.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False, "HF_HUB_OFFLINE is set"
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-
-    def connect():
-        socket.create_connection((host, 443), timeout=timeout_s).close()
-
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        pool.submit(connect).result(timeout=timeout_s)  # bounds the DNS lookup too
-        return True, f"{host} answered"
-    except concurrent.futures.TimeoutError:
-        return False, f"{host} did not answer within {timeout_s:g} s"
-    except OSError as err:
-        return False, f"{host} unreachable ({err})"
-    finally:
-        pool.shutdown(wait=False)
 
 
 def has_gpu() -> bool:
@@ -174,9 +148,7 @@ def load_packaged_base(cfg: BaseConfig, hub_reason: str):
 def with_chat_template(tokenizer):
     """The tokenizer with a chat template: the one an instruction-tuned hub model came with, kept
     (every stage then renders the rows with it, rlhf/chat.py), else the project's own
-    (rlhf.data.CHAT_TEMPLATE): the data's "Human: … Assistant:" format."""
-    from .data import CHAT_TEMPLATE
-
+    (rlhf.chat.CHAT_TEMPLATE): the data's "Human: … Assistant:" format."""
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -232,6 +204,27 @@ def lora_config(rank: int, task_type: str = "CAUSAL_LM"):
     return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type=task_type)
 
 
+def disable_dropout(model):
+    """Dropout off everywhere (ppo-details #7), so every forward pass is deterministic.
+
+    Some architectures use nn.Dropout modules (GPT-2), others call the functional dropout with
+    a float attribute read from the config (OPT, Llama): both are zeroed, and so is the config.
+    """
+    rates = ("dropout", "attention_dropout", "activation_dropout", "layerdrop")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in rates:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    config = model.config
+    for name in list(config.to_dict()):
+        if "dropout" in name or "pdrop" in name or name == "layerdrop":
+            if isinstance(getattr(config, name, None), float):
+                setattr(config, name, 0.0)
+    return model
+
+
 def load_ppo_models(actor_dir, critic_dir, cfg, device=None):
     """The four models of PPO, dropout off (ppo-details #7), on `device` when given:
     (actor, reference, reward, critic).
@@ -245,8 +238,6 @@ def load_ppo_models(actor_dir, critic_dir, cfg, device=None):
     cfg.critic_lora_rank > 0 the critic trains adapters and, in full, its value head ("score").
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from .rollout import disable_dropout
 
     load = lambda auto, folder: disable_dropout(auto.from_pretrained(folder)).to(device or "cpu")
     actor, critic = load(AutoModelForCausalLM, actor_dir), load(AutoModelForSequenceClassification, critic_dir)

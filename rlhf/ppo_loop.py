@@ -16,10 +16,13 @@ from collections import defaultdict
 import torch
 
 from . import faults, ppo
+from .checkpoint import gather_rng_states, has_train_state, load_train_state, load_weights, save_checkpoint
+from .data import collate_prompts
+from .generation import decode_responses
 from .reward import TokenScorer
 from .rollout import make_rollout, response_logits, response_values
 from .runtime import halve_on_oom
-from .train import (adamw, all_processes, enable_gradient_checkpointing, is_overflow, loss_scale,
+from .steps import (adamw, all_processes, enable_gradient_checkpointing, is_overflow, loss_scale,
                     make_accelerator, mean_over_processes, restore_scaler, scaler_state,
                     sum_over_processes)
 
@@ -193,8 +196,6 @@ def ppo_iteration(models, tokenizer, ids, cfg, kl_coef, optimizer, accelerator, 
     `sizes` ({"chunk": rows per generation/scoring pass, "micro": rows per backward}) keeps what
     fitted in memory from one iteration to the next; out-of-memory errors halve them.
     """
-    from .data import collate_prompts
-
     sizes = {} if sizes is None else sizes
     actor, reference, reward_model, critic = models
     plain = (accelerator.unwrap_model(actor), reference, reward_model, accelerator.unwrap_model(critic).model)
@@ -218,16 +219,12 @@ def ppo_iteration(models, tokenizer, ids, cfg, kl_coef, optimizer, accelerator, 
 
 def save_resume(resume_dir, actor, critic, tokenizer, optimizer, schedule, progress, rng_states=None):
     """The resumable PPO checkpoint: actor (weights or LoRA adapters), critic, optimiser, RNG."""
-    from .checkpoint import save_checkpoint
-
     save_checkpoint(resume_dir, actor, tokenizer, extra_models={"critic": critic},
                     train_state=({"ppo": optimizer}, {"ppo": schedule}, progress, rng_states))
 
 
 def load_resume(resume_dir, actor, critic, optimizer, schedule, log, rank=0):
     """Progress restored from `resume_dir`, or a fresh start."""
-    from .checkpoint import has_train_state, load_train_state, load_weights
-
     if not (resume_dir and has_train_state(resume_dir)):
         return None
     for model, folder in ((actor, resume_dir), (critic, f"{resume_dir}/critic")):
@@ -253,8 +250,6 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, log=print, judge=None,
     Stops with an error after cfg.max_bad_updates iterations in a row with no finite update.
     """
     from tqdm.auto import tqdm
-
-    from .checkpoint import gather_rng_states
 
     accelerator = make_accelerator(cfg.mixed_precision)
     world = accelerator.num_processes
@@ -301,8 +296,6 @@ def train_ppo(models, tokenizer, prompt_ids, cfg, log=print, judge=None,
 
 def record_iteration(state, rollout, stats, prompts, tokenizer, cfg, judge, log):
     """Gold score, adaptive KL, skipped-update bookkeeping, logging and samples of one iteration."""
-    from .generation import decode_responses
-
     it = stats["iteration"]
     texts, ended = decode_responses(rollout.responses.cpu(), tokenizer)
     if judge is not None:

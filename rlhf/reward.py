@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .data import pad_right
 from .generation import position_ids_from_mask
 from .ppo import full_precision
 
@@ -134,8 +135,6 @@ def evaluate_reward(model, pairs, collate, batch_size: int = 32):
 @torch.no_grad()
 def score_texts(model, sequences, pad_id, batch_size: int = 32):
     """Reward of each token sequence (lists of ids ending in EOS).  -> list of floats"""
-    from .data import pad_right
-
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(sequences), batch_size):

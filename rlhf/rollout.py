@@ -16,27 +16,6 @@ from .reward import sequence_scores, token_scores
 from .runtime import halve_on_oom
 
 
-def disable_dropout(model):
-    """Dropout off everywhere (ppo-details #7), so every forward pass is deterministic.
-
-    Some architectures use nn.Dropout modules (GPT-2), others call the functional dropout with
-    a float attribute read from the config (OPT, Llama): both are zeroed, and so is the config.
-    """
-    rates = ("dropout", "attention_dropout", "activation_dropout", "layerdrop")
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name in rates:
-            if isinstance(getattr(module, name, None), float):
-                setattr(module, name, 0.0)
-    config = model.config
-    for name in list(config.to_dict()):
-        if "dropout" in name or "pdrop" in name or name == "layerdrop":
-            if isinstance(getattr(config, name, None), float):
-                setattr(config, name, 0.0)
-    return model
-
-
 def response_logits(actor, query_responses, attention_mask, P: int):
     """Logits that predict each response token: position t-1 predicts token t.  (B, R, V)
 

@@ -18,7 +18,7 @@ Each row is then mapped onto prompt / response / chosen / rejected (`DataConfig.
   - "auto" picks rm-static when there is a prompt column, hh-rlhf when there is none.
 Leading and trailing whitespace of the answers is dropped: rlhf/data.py puts exactly one space
 between prompt and answer, so rm-static's leading space does not become two; the turns of a
-prompt are joined by single spaces, as the chat template (rlhf/data.py) renders them.
+prompt are joined by single spaces, as the chat template (rlhf/chat.py) renders them.
 
 A "test" (or "validation", "eval") split becomes the eval rows when the source has one;
 otherwise the last DataConfig.eval_fraction of a seeded shuffle is held out. Every row is checked
@@ -31,7 +31,9 @@ import random
 import re
 from pathlib import Path
 
+from .chat import prompt_messages, render_prompt
 from .data import DataError, _check_row, load_dataset_dir
+from .hub import hub_reachable
 
 EVAL_SPLITS = ("test", "validation", "valid", "eval")
 LAYOUTS = ("auto", "rm-static", "hh-rlhf", "columns")
@@ -81,8 +83,6 @@ def open_hub(dataset_id: str, hub_timeout_s: float = 3.0):
     """A Hub dataset, or DataError naming the id and why not (not a local path, offline, no access)."""
     import datasets
 
-    from .models import hub_reachable
-
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", dataset_id):
         raise DataError(f"{dataset_id}: no such file or folder, and not a Hub dataset id")
     ok, reason = hub_reachable(hub_timeout_s)
@@ -118,26 +118,6 @@ def as_prompt(text: str) -> str:
     if stripped.startswith("Human:") and stripped.endswith("Assistant:"):
         return stripped
     return f"Human: {stripped} Assistant:"
-
-
-def prompt_messages(prompt: str) -> list[dict]:
-    """The chat messages of a "Human: ... Assistant: ... Human: ... Assistant:" prompt, without the
-    final empty assistant turn (the one the model answers)."""
-    parts = re.split(r"(?:^|\s)(Human|Assistant):", prompt.strip())
-    if parts[0].strip() or len(parts) < 3:
-        raise ValueError("it does not start with 'Human:'")
-    roles = {"Human": "user", "Assistant": "assistant"}
-    messages = [{"role": roles[who], "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2])]
-    if messages[-1] != {"role": "assistant", "content": ""}:
-        raise ValueError("it does not end with 'Assistant:'")
-    return messages[:-1]
-
-
-def render_prompt(messages: list[dict]) -> str:
-    """Messages in the training format, one space between turns: what rlhf.data.CHAT_TEMPLATE
-    renders with add_generation_prompt (less the BOS)."""
-    names = {"user": "Human:", "assistant": "Assistant:"}
-    return " ".join(f"{names[m['role']]} {m['content']}" for m in messages) + " Assistant:"
 
 
 def canonical_prompt(text: str) -> str:

@@ -21,9 +21,10 @@ from rlhf import data, reward, sft  # noqa: E402
 # add its own noise of that size and hide what is being checked, the gradient averaging
 PRECISION = "no"
 from rlhf.config import make_config  # noqa: E402
+from rlhf.models import disable_dropout  # noqa: E402
 from rlhf.ppo_loop import Timer, make_optimizer, ppo_update  # noqa: E402
 from rlhf.reward import TokenScorer  # noqa: E402
-from rlhf.rollout import Rollout, disable_dropout, make_rollout  # noqa: E402
+from rlhf.rollout import Rollout, make_rollout  # noqa: E402
 from rlhf.train import fit  # noqa: E402
 
 

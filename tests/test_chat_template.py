@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig, pipeline
 
 from conftest import ROOT, make_tiny_tokenizer
-from rlhf.data import (CHAT_TEMPLATE, build_sequence, encode_prompts, load_dataset_dir,
-                       prompt_to_ids)
+from rlhf.chat import CHAT_TEMPLATE
+from rlhf.data import build_sequence, encode_prompts, load_dataset_dir, prompt_to_ids
 from rlhf.generation import chat, complete
 from rlhf.models import load_tokenizer, train_tokenizer, with_chat_template
 

@@ -11,7 +11,8 @@ import torch
 
 from rlhf import checkpoint, config, data
 from rlhf.runtime import choose_precision, explain_precision, halve_on_oom
-from rlhf.train import fit, make_accelerator
+from rlhf.steps import make_accelerator
+from rlhf.train import fit
 from test_gpu_path import four_models, overflow_on_first_call, prompt_ids, tiny_lm, toy_items
 
 pytestmark = [pytest.mark.cuda,

@@ -13,11 +13,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, OPTConfig
 
 from rlhf import checkpoint, config, data, ppo, ppo_loop
+from rlhf.models import disable_dropout
 from rlhf.ppo_loop import Timer, make_optimizer, minibatch, ppo_losses, ppo_update, train_ppo
-from rlhf.rollout import disable_dropout, make_rollout
+from rlhf.rollout import make_rollout
 from rlhf.runtime import choose_precision
 from rlhf.sft import sft_loss_fn
-from rlhf.train import enable_gradient_checkpointing, fit, make_accelerator
+from rlhf.steps import enable_gradient_checkpointing, make_accelerator
+from rlhf.train import fit
 
 OOM = torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
@@ -457,7 +459,7 @@ def test_sft_step_is_the_token_mean_whatever_the_micro_batch(micro):
 def test_engines_that_are_not_implemented_are_refused_clearly(engine):
     from accelerate.utils import DistributedType
 
-    from rlhf.train import check_engine
+    from rlhf.steps import check_engine
 
     assert DistributedType(engine).value == engine                     # the names accelerate uses
     with pytest.raises(NotImplementedError, match="ddp.yaml"):

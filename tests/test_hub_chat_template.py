@@ -3,7 +3,8 @@ and every stage's encoding (rlhf/data.py through rlhf/chat.py) renders the rows 
 import copy
 
 from rlhf import chat
-from rlhf.data import CHAT_TEMPLATE, encode_pairs, encode_prompts, encode_sft
+from rlhf.chat import CHAT_TEMPLATE
+from rlhf.data import encode_pairs, encode_prompts, encode_sft
 from rlhf.models import with_chat_template
 
 # a ChatML-like template, as Qwen or SmolLM instruct models carry, with its own end-of-turn text

@@ -13,6 +13,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
 from rlhf import checkpoint, models, reward, sft
 from rlhf.config import make_config
 from rlhf.data import collate_sft, encode_sft, pad_right
+from rlhf.hub import hub_reachable
 
 ROWS = [{"prompt": "Human: What is the capital of France? Assistant:",
          "response": "The capital of France is Paris.", "chosen": "Paris.", "rejected": "Rome."}]
@@ -32,7 +33,7 @@ def tiny_config(arch: str, vocab: int):
 def test_offline_decision_is_fast(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
     start = time.time()
-    ok, reason = models.hub_reachable(timeout_s=2.0)
+    ok, reason = hub_reachable(timeout_s=2.0)
     assert not ok and "hub.invalid" in reason
     assert time.time() - start < 5.0
 

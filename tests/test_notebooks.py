@@ -2,6 +2,7 @@
 `make run PRESET=tiny` that a reader can see on GitHub, cleaned of what changes from run to run."""
 import json
 import re
+import signal
 import subprocess
 import sys
 
@@ -15,6 +16,16 @@ from conftest import NOTEBOOKS, ROOT
 sys.path.insert(0, str(ROOT / "tools"))
 import build_notebooks  # noqa: E402
 import run_pipeline  # noqa: E402
+from rlhf.colab import colab_link  # noqa: E402
+
+# A line break between two Chinese characters (or full-width punctuation) renders as a stray
+# space; `> ` continues a quoted block on the next line.
+CJK = "[\u2e80-\u9fff\u3000-\u303f\uff00-\uffef]"
+CJK_BREAK = re.compile(rf"{CJK}\n[ \t]*(?:>[ \t]*)*{CJK}")
+
+
+def read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(ROOT / f"{name}.ipynb", as_version=4)
 
 
 def test_every_notebook_equals_its_source():
@@ -89,12 +100,122 @@ def test_papermill_parses_every_line_of_the_parameters_cell(name, caplog):
     assert "Unable to parse" not in caplog.text
 
 
-def test_make_runs_kernels_start_without_the_tcp_encryption_warning(tmp_path, capfd):
+@pytest.mark.parametrize("curve", [True, False], ids=["curve", "no-curve"])
+def test_make_runs_kernels_start_without_the_tcp_encryption_warning(tmp_path, capfd, monkeypatch, curve):
     """ipykernel 7.3+ warns on stderr, at every notebook, when its TCP sockets have no CurveZMQ
-    keys; run_pipeline's kernel manager provisions them, so a new user sees no such line."""
+    keys; run_pipeline's kernel manager provisions them, or (a pyzmq without CurveZMQ, played
+    here) uses IPC sockets, so a new user sees no such line either way."""
+    if not curve:
+        monkeypatch.setattr(run_pipeline.zmq, "has", lambda feature: False)
     source = tmp_path / "two.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), source)
     out = papermill.execute_notebook(str(source), str(tmp_path / "out.ipynb"), kernel_name="python3",
                                      progress_bar=False, kernel_manager_class=run_pipeline.CurveKernelManager)
     assert out.cells[0].outputs[0]["text"] == "42\n"
     assert "without encryption" not in capfd.readouterr().err
+
+
+def test_make_runs_kernels_get_no_sigint_at_shutdown(tmp_path):
+    """jupyter_client interrupts every kernel (its whole process group) before shutting it down;
+    landing while the kernel handled a last message, that SIGINT printed "KeyboardInterrupt caught
+    in kernel." after some notebooks of a make run. The signals sent are recorded here."""
+    sent = []
+
+    class Recording(run_pipeline.CurveKernelManager):
+        async def _async_signal_kernel(self, signum):
+            sent.append(signum)
+            await super()._async_signal_kernel(signum)
+
+    source = tmp_path / "one.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('ready')")]), source)
+    out = papermill.execute_notebook(str(source), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                                     progress_bar=False, kernel_manager_class=Recording)
+    assert out.cells[0].outputs[0]["text"] == "ready\n"
+    assert signal.SIGINT not in sent
+
+
+def test_a_build_replaces_an_older_first_cell_and_badge(tmp_path):
+    """A source still carrying another first cell (any `# @title` cell, e.g. the old 78-line
+    finder from a branch merged later) or badge gets exactly the current ones."""
+    source = tmp_path / "1_actor.py"
+    source.write_text("# %% [markdown]\n# [![Open In Colab](old)](old)\n\n# %% [markdown]\n# # Title\n\n"
+                      '# %% tags=["parameters"]\nPRESET = "auto"\n\n'
+                      '# %% cellView="form"\n# @title Find the project, set up Colab, import util\nimport os\n\n'
+                      "# %%\nprint(1)\n")
+    cells = build_notebooks.read_source(source).cells
+    assert [c.source for c in cells] == [build_notebooks.badge_cell("1_actor").source, "# Title",
+                                         'PRESET = "auto"', build_notebooks.FIRST_CELL, "print(1)"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_first_code_cell_a_reader_sees_is_short(name):
+    """On GitHub the first cell is not folded: at most 12 lines (it was 78 of Colab plumbing)."""
+    cells = read(name).cells
+    tagged = build_notebooks.parameters_index(cells, name)
+    assert cells[tagged + 1].cell_type == "code"
+    assert len(cells[tagged + 1].source.splitlines()) <= 12
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_notebook_opens_with_its_colab_link(name):
+    first = read(name).cells[0]
+    assert first.cell_type == "markdown"
+    assert f"({colab_link(name + '.ipynb')})" in first.source and "colab-badge.svg" in first.source
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_no_line_break_between_two_chinese_characters_in_markdown(name):
+    seams = [m.group() for c in read(name).cells if c.cell_type == "markdown"
+             for m in CJK_BREAK.finditer(c.source)]
+    assert seams == []
+
+
+
+def test_readme_has_no_line_break_between_two_chinese_characters():
+    assert [m.group() for m in CJK_BREAK.finditer((ROOT / "README.md").read_text())] == []
+
+
+def test_readme_links_every_notebook_to_colab():
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in NOTEBOOKS if colab_link(f"{name}.ipynb") not in readme] == []
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_a_long_english_table_has_its_chinese_table(name):
+    """A table of 8 or more rows keeps every row in its translation (notebook 3's metric table was
+    once squashed into one Chinese paragraph that dropped three facts)."""
+    for cell in read(name).cells:
+        lines = cell.source.splitlines() if cell.cell_type == "markdown" else []
+        english = [line for line in lines if line.startswith("|")]
+        chinese = [line for line in lines if line.startswith("> |")]
+        if len(english) >= 8:
+            assert len(chinese) == len(english), english[0]
+
+
+def test_chinese_terms():
+    """Standardisation is 标准化 (白化 is PCA/ZCA whitening in Chinese ML), a proxy metric is 代理指标;
+    the notebooks run an iteration step by step (逐步运行), not by pen and paper (手算)."""
+    texts = {name: "".join(c.source for c in read(name).cells if c.cell_type == "markdown")
+             for name in NOTEBOOKS}
+    texts["README.md"] = (ROOT / "README.md").read_text()
+    found = {name: [term for term in ("白化", "替代目标") if term in text] for name, text in texts.items()}
+    found.update({name: found[name] + ["手算"] for name in NOTEBOOKS if "手算" in texts[name]})
+    assert {name: terms for name, terms in found.items() if terms} == {}
+
+
+def test_the_ppo_picture_is_made_by_the_project_and_shown(tmp_path):
+    """tools/make_diagram.py draws the four models and their data flow into a small PNG; the
+    committed one is under 100 KB, and README and notebook 3 show it."""
+    import make_diagram
+    from matplotlib.image import imread
+
+    assert make_diagram.main([str(tmp_path / "flow.png")]) == 0
+    height, width, _ = imread(tmp_path / "flow.png").shape
+    assert width > height > 300
+    texts = " ".join(text for _, _, text, _ in make_diagram.BOXES.values())
+    for name in ["actor", "reference", "reward model", "critic", "ref_logprobs", "GAE", "PPO"]:
+        assert name in texts
+    committed = ROOT / "docs" / "ppo_flow.png"
+    assert committed.stat().st_size < 100_000 and imread(committed).shape == (height, width, 4)
+    assert "](docs/ppo_flow.png)" in (ROOT / "README.md").read_text()
+    assert any("](docs/ppo_flow.png)" in c.source for c in read("3_rlhf").cells if c.cell_type == "markdown")

@@ -61,7 +61,8 @@ def test_ppo_policy_scores_above_sft_on_eval_prompts(ci_run):
 def test_pipeline_with_chat_messages_answers_as_util_chat_on_the_eval_prompts(ci_run):
     """One prompt format everywhere: every checkpoint's tokenizer carries the chat template, and
     transformers.pipeline given chat messages answers every eval prompt as util.chat does."""
-    from rlhf.data import CHAT_TEMPLATE, load_dataset_dir
+    from rlhf.chat import CHAT_TEMPLATE
+    from rlhf.data import load_dataset_dir
     from rlhf.generation import chat
 
     project, _ = ci_run

@@ -16,9 +16,10 @@ from rlhf import ppo
 from rlhf import ppo_loop
 from rlhf.config import make_config
 from rlhf.data import build_sequence, collate_pairs, collate_prompts, prompt_to_ids
+from rlhf.models import disable_dropout
 from rlhf.ppo_loop import Timer, make_optimizer, ppo_update, train_ppo
 from rlhf.reward import fold_score_stats, last_token_index, sequence_scores, token_scores
-from rlhf.rollout import disable_dropout, make_rollout, reference_logprobs, response_logits, score
+from rlhf.rollout import make_rollout, reference_logprobs, response_logits, score
 
 PROMPTS = ["Human: What is the capital of France? Assistant:", "Human: Thanks a lot! Assistant:",
            "Human: How do I boil an egg? Assistant:", "Human: Can you help me write a poem? Assistant:"]

@@ -8,9 +8,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from rlhf import ppo
 from rlhf.config import make_config
 from rlhf.data import collate_prompts
+from rlhf.models import disable_dropout
 from rlhf.reward import fold_score_stats
 from rlhf.ppo_loop import Timer, minibatch, ppo_losses, ppo_update, make_optimizer, train_ppo
-from rlhf.rollout import disable_dropout, make_rollout, response_logits
+from rlhf.rollout import make_rollout, response_logits
 
 
 

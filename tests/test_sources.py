@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf import sources
+from rlhf import chat, sources
 from rlhf.config import make_config
 from rlhf.data import DataError, encode_sft
 
@@ -56,8 +56,8 @@ def test_multi_turn_transcript_keeps_the_earlier_turns_in_the_prompt():
     prompt, answer = sources.split_transcript(text)
     assert prompt == "Human: hi\n\nAssistant: hello\n\nHuman: 2+2?\n\nAssistant:" and answer == "4"
     assert sources.canonical_prompt(prompt) == "Human: hi Assistant: hello Human: 2+2? Assistant:"
-    assert sources.prompt_messages(prompt) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                                               {"role": "user", "content": "2+2?"}]
+    assert chat.prompt_messages(prompt) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                                            {"role": "user", "content": "2+2?"}]
 
 
 @pytest.mark.parametrize("layout, field", [("rm-static", "rejected"), ("hh-rlhf", "chosen")])
@@ -105,9 +105,7 @@ def test_hub_id_offline_is_a_clear_error_in_seconds(monkeypatch):
 def test_hub_id_online_goes_through_load_dataset(monkeypatch, tmp_path):
     import datasets
 
-    from rlhf import models
-
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s=3.0: (True, "stub"))
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout_s=3.0: (True, "stub"))
     rows = {"prompt": ["\n\nHuman: hi\n\nAssistant:"] * 4, "response": [" hello"] * 4,
             "chosen": [" hello"] * 4, "rejected": [" go away"] * 4}
     fake = datasets.DatasetDict(train=datasets.Dataset.from_dict(rows), test=datasets.Dataset.from_dict(rows))

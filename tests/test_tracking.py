@@ -66,10 +66,8 @@ def test_every_model_checkpoint_gets_a_card_that_loads_with_pipeline(tmp_path, t
 
 
 def test_push_to_hub_says_why_it_skips(tmp_path, monkeypatch):
-    from rlhf import models
-
     said = []
     assert cards.push_to_hub(tmp_path, "", log=said.append) is None and "no repo id" in said[-1]
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout_s: (False, "HF_HUB_OFFLINE is set"))
+    monkeypatch.setattr(cards, "hub_reachable", lambda timeout_s: (False, "HF_HUB_OFFLINE is set"))
     assert cards.push_to_hub(tmp_path, "me/model", log=said.append) is None
     assert "Hub is unreachable (HF_HUB_OFFLINE is set)" in said[-1]

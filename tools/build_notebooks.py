@@ -9,9 +9,10 @@ A source is a percent-format script (`# %%` code cells, `# %% [markdown]` cells,
 cell tagged `# %% tags=["parameters"]`). Each notebook's metadata pairs it with its source
 (`ipynb,notebooks//py:percent`), so Jupyter with jupytext saves both, and `jupytext --sync` works.
 
-Right after the parameters cell, every source and notebook carries the same first cell,
-FIRST_CELL below: it finds the project, sets up Colab and imports util. It is written here from
-rlhf/colab.py (its one source); a build puts the current one into every source.
+Every source and notebook starts with an "Open in Colab" badge (BADGE below, its address from
+rlhf/colab.py) and carries, right after the parameters cell, the same first code cell, FIRST_CELL
+below: it gets the project (cloning it on a fresh Colab), sets up Colab and imports util. A build
+puts the current ones into every source.
 
 The committed notebooks carry the outputs of a `make run PRESET=tiny` (`--outputs runs`),
 cleaned of what changes from run to run or machine to machine (absolute paths, elapsed-time
@@ -20,7 +21,6 @@ text did not change, and drops those of edited cells.
 """
 from __future__ import annotations
 
-import ast
 import re
 import sys
 from pathlib import Path
@@ -29,6 +29,9 @@ import jupytext
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from rlhf.colab import colab_link  # noqa: E402  (the standard library only)
+
 SOURCES = ROOT / "notebooks"
 FORMAT = "py:percent"
 METADATA = {
@@ -38,34 +41,36 @@ METADATA = {
     "language_info": {"name": "python"},
 }
 
-# The project cannot be imported before it is found, so the first cell carries its finder: these
-# functions, copied from rlhf/colab.py (where they are tested) into {functions}.
-FIRST_CELL_FUNCTIONS = ("in_colab", "find_project_root", "locate_project")
+# The project cannot be imported before the notebook is in it, so the first cell gets there with
+# the standard library alone: it stays where it started if that holds the project (a laptop, make
+# run), else goes to PROJECT (a fresh Colab: /content/simple-rlhf-tiny), mounting Drive first for a
+# PROJECT in Drive and cloning REPO_URL when the project is not there. The rest is rlhf/colab.py.
 FIRST_CELL = """\
-# @title Find the project, set up Colab, import util
-# The same cell in every notebook, written by tools/build_notebooks.py from rlhf/colab.py.
+# @title Get the project, set up Colab, import util (the same cell in every notebook)
 import os, subprocess, sys
-from pathlib import Path
-
-
-{functions}
-
-
-root = locate_project(PROJECT_SEARCH, REPO_URL)
-os.chdir(root); sys.path.insert(0, str(root))
-from rlhf.colab import setup_colab
-setup_colab(root)  # Colab only: install or upgrade what requirements.txt asks for (never torch)
+root = "." if os.path.isfile("rlhf/colab.py") else PROJECT  # started outside it (Colab): PROJECT
+if root.startswith("/content/drive/"): from google.colab import drive; drive.mount("/content/drive")
+if not os.path.isfile(f"{root}/rlhf/colab.py"):  # not there yet: clone it
+    subprocess.run(["git", "clone", "-q", "--depth=1", REPO_URL, root], check=True)
+os.chdir(root); sys.path.insert(0, os.getcwd())
+from rlhf.colab import in_colab, setup_colab
+setup_colab()  # Colab only: pip-installs what requirements.txt wants and lacks (never torch)
 import util  # only now: it imports transformers
-print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())"""
-FIRST_CELL_MARK = FIRST_CELL.splitlines()[0]
+print("project:", os.getcwd(), "| Colab:", in_colab(), "| GPU:", util.has_gpu())"""
+FIRST_CELL_MARK = "# @title "  # a build replaces any cell that starts so, whatever its title (an older first cell too)
+# The top of every notebook: a link that opens it from GitHub in Colab (rlhf/colab.py, GITHUB_REPO)
+BADGE = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})"
+BADGE_MARK = BADGE.split("]", 1)[0]
 
 
 def first_cell() -> nbformat.NotebookNode:
-    """FIRST_CELL with the functions from rlhf/colab.py; Colab shows it folded, as a form."""
-    text = (ROOT / "rlhf" / "colab.py").read_text()
-    nodes = {node.name: node for node in ast.parse(text).body if isinstance(node, ast.FunctionDef)}
-    functions = "\n\n\n".join(ast.get_source_segment(text, nodes[name]) for name in FIRST_CELL_FUNCTIONS)
-    return nbformat.v4.new_code_cell(FIRST_CELL.format(functions=functions), metadata={"cellView": "form"})
+    """FIRST_CELL as a code cell; Colab shows it folded, as a form."""
+    return nbformat.v4.new_code_cell(FIRST_CELL, metadata={"cellView": "form"})
+
+
+def badge_cell(stem: str) -> nbformat.NotebookNode:
+    """The "Open in Colab" badge of notebook `stem` (e.g. "0_download"), a markdown cell."""
+    return nbformat.v4.new_markdown_cell(BADGE.format(link=colab_link(f"{stem}.ipynb")))
 
 
 def parameters_index(cells, name: str) -> int:
@@ -76,11 +81,13 @@ def parameters_index(cells, name: str) -> int:
 
 
 def read_source(source: Path) -> nbformat.NotebookNode:
-    """The source as a notebook, with the current first cell right after its parameters cell."""
+    """The source as a notebook: the Colab badge on top, the current first cell right after the
+    parameters cell."""
     notebook = jupytext.read(source, fmt=FORMAT)
-    cells = [c for c in notebook.cells if not c.source.startswith(FIRST_CELL_MARK)]
+    written = (FIRST_CELL_MARK, BADGE_MARK)
+    cells = [c for c in notebook.cells if not c.source.startswith(written)]
     at = parameters_index(cells, source.name) + 1
-    notebook.cells = cells[:at] + [first_cell()] + cells[at:]
+    notebook.cells = [badge_cell(source.stem)] + cells[:at] + [first_cell()] + cells[at:]
     notebook.metadata = nbformat.from_dict(METADATA)
     return notebook
 

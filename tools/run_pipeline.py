@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,12 +26,29 @@ NOTEBOOKS = ["0_download", "1_actor", "2_critic", "3_rlhf", "4_test"]
 
 
 class CurveKernelManager(AsyncKernelManager):
-    """A kernel manager that hands the kernel CurveZMQ keys where pyzmq supports them: ipykernel
-    7.3+ otherwise prints "Kernel is running over TCP without encryption" at every notebook."""
+    """A kernel manager for headless runs that print nothing a new user reads as an error.
+
+    ipykernel 7.3+ prints "Kernel is running over TCP without encryption" at every notebook whose
+    kernel has plain TCP sockets. Where pyzmq has CurveZMQ, this manager provisions its keys
+    (jupyter_client 8.10's transport_encryption, "auto": when the kernelspec declares support, as
+    ipykernel's does); without it, on Linux and macOS, the sockets are IPC files in Jupyter's
+    runtime folder, which only this user can reach, instead of TCP ports.
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.transport_encryption = "auto" if zmq.has("curve") else "disabled"
+        if zmq.has("curve"):
+            self.transport_encryption = "auto"
+        elif os.name == "posix":
+            self.transport = "ipc"
+
+    async def _async_interrupt_kernel(self) -> None:
+        """Interrupts, except the SIGINT jupyter_client sends before every shutdown: papermill shuts
+        a kernel down only when its notebook is done, and that SIGINT, landing while the kernel
+        handles a last message, printed "[IPKernelApp] ERROR | KeyboardInterrupt caught in
+        kernel." after some notebooks. The shutdown request and, failing it, SIGTERM still follow."""
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
 
 
 def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path | None = None,
