@@ -23,11 +23,12 @@ from . import beyond, ppo
 from .checkpoint import read_json
 from .data import build_sequence, collate_pairs, collate_prompts, prompt_to_ids
 from .generation import decode_responses, generate, position_ids_from_mask
-from .models import lora_config
+from .models import disable_dropout, lora_config
 from .ppo_loop import prompt_batch
 from .reward import fold_score_stats
-from .rollout import disable_dropout, in_chunks, pad_columns, reference_logprobs, response_logits, score
-from .train import adamw, make_accelerator, step_batches
+from .rollout import in_chunks, pad_columns, reference_logprobs, response_logits, score
+from .steps import adamw, make_accelerator
+from .train import step_batches
 
 
 # ----------------------------------------------------------------------------- models and data (plumbing)
