@@ -1,4 +1,7 @@
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/your-name/simple-rlhf-tiny/blob/main/5_beyond.ipynb)
+
+# %% [markdown]
 # # 5 · Beyond PPO: DPO, RLOO and GRPO on the same data
 #
 # Notebook 3 trained the actor with PPO. Three other optimisers are in common use today, and this
@@ -27,84 +30,17 @@ PROJECT_SEARCH = ""  # folders to look below for the project, colon-separated; e
 REPO_URL = ""        # with no copy found: git clone this URL (on Colab into /content/simple-rlhf-tiny)
 
 # %% cellView="form"
-# @title Find the project, set up Colab, import util
-# The same cell in every notebook, written by tools/build_notebooks.py from rlhf/colab.py.
+# @title Get the project, set up Colab, import util (the same cell in every notebook)
 import os, subprocess, sys
-from pathlib import Path
-
-
-def in_colab() -> bool:
-    """On Colab, or where COLAB_RELEASE_TAG is set (as in a test that plays Colab)."""
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
-
-
-def find_project_root(roots=(), depth: int = 3) -> Path | None:
-    """The project (a folder holding util.py and rlhf/) under any name: the working directory or
-    one of its parents, else the shallowest one at most `depth` levels below each of `roots` in
-    turn. None if there is none."""
-    def is_project(folder):
-        return (folder / "util.py").is_file() and (folder / "rlhf").is_dir()
-
-    def subfolders(folder):
-        try:
-            return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        except OSError:  # missing or unreadable
-            return []
-
-    here = Path.cwd()
-    for folder in [here, *here.parents]:
-        if is_project(folder):
-            return folder
-    for root in dict.fromkeys(Path(root).resolve() for root in roots):  # each once, in order
-        level, levels_left = [root], depth
-        while level:
-            found = next((folder for folder in level if is_project(folder)), None)
-            if found:
-                return found.resolve()
-            level = [sub for folder in level for sub in subfolders(folder)] if levels_left else []
-            levels_left -= 1
-    return None
-
-
-def locate_project(search: str = "", repo_url: str = "", depth: int = 3, log=print) -> Path:
-    """Find the project below the folders in `search` (separated by ':'; by default the working
-    directory, /content and Drive's MyDrive). On Colab with nothing found, mount Drive and look
-    again; then clone `repo_url` into the first search folder; failing all that, stop and say
-    what to do."""
-    roots = search.split(os.pathsep) if search else [os.getcwd(), "/content", "/content/drive/MyDrive"]
-    found = find_project_root(roots, depth)
-    if found is None and in_colab():
-        try:
-            from google.colab import drive
-        except ImportError:
-            log("Colab, but google.colab cannot be imported (a stand-in?): Drive not mounted")
-        else:
-            drive.mount("/content/drive")
-            found = find_project_root(roots, depth)
-    if found is None and repo_url:
-        target = Path(roots[0]).resolve() / "simple-rlhf-tiny"
-        log(f"cloning {repo_url} into {target}")
-        subprocess.run(["git", "clone", "-q", repo_url, str(target)], check=True)
-        found = find_project_root([target], depth=0)
-    if found is None:
-        raise SystemExit(
-            f"Cannot find the project (a folder holding util.py and rlhf/) in {os.getcwd()}, its "
-            f"parents, or up to {depth} levels below {', '.join(roots)}.\n"
-            "Do one of these, then run this cell again:\n"
-            "  1. Clone it: in a new cell, run\n"
-            "       !git clone <URL of this repository> /content/simple-rlhf-tiny\n"
-            "     (or set REPO_URL in the parameters cell above, and this cell clones it).\n"
-            "  2. Or upload the project folder, under any name, to your Google Drive (My Drive);\n"
-            "     this cell mounts Drive and finds it.")
-    return found
-
-
-root = locate_project(PROJECT_SEARCH, REPO_URL)
-os.chdir(root); sys.path.insert(0, str(root))
-from rlhf.colab import setup_colab
-setup_colab(root)  # Colab only: install or upgrade what requirements.txt asks for (never torch)
+root = "." if os.path.isfile("rlhf/colab.py") else PROJECT  # started outside it (Colab): PROJECT
+if root.startswith("/content/drive/"): from google.colab import drive; drive.mount("/content/drive")
+if not os.path.isfile(f"{root}/rlhf/colab.py"):  # not there yet: clone it
+    subprocess.run(["git", "clone", "-q", "--depth=1", REPO_URL, root], check=True)
+os.chdir(root); sys.path.insert(0, os.getcwd())
+from rlhf.colab import in_colab, setup_colab
+setup_colab()  # Colab only: pip-installs what requirements.txt wants and lacks (never torch)
 import util  # only now: it imports transformers
-print("project:", root, "| Colab:", in_colab(), "| GPU:", util.has_gpu())
+print("project:", os.getcwd(), "| Colab:", in_colab(), "| GPU:", util.has_gpu())
 
 # %%
 import inspect, torch
