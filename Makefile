@@ -20,7 +20,7 @@ FLOORS_TESTS ?= tests --ignore=tests/test_faults.py --ignore=tests/test_pipeline
 NEED_PYTHON  = $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	{ echo "Python 3.11 or newer is needed (transformers 5.23 requires it): make PYTHON=python3.12, say"; exit 1; }
 
-.PHONY: run test faults bench notebooks dataset clean floors constraints gpu-check
+.PHONY: run test faults bench notebooks dataset clean floors constraints gpu-check scoreboard curve
 
 $(BIN)/.installed: requirements.txt requirements-models.txt $(CONSTRAINTS)
 	@$(NEED_PYTHON)
@@ -42,6 +42,15 @@ test: $(BIN)/.installed
 gpu-check: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m cuda tests
 	$(BIN)/python bench/gpu_check.py
+
+# Beyond PPO (README): PPO, DPO, RLOO and GRPO from model/actor and model/critic at one budget,
+# SEEDS seeds, judged by the gold judge; and the over-optimisation curve. Both after `make run`.
+SEEDS ?= 3
+scoreboard: $(BIN)/.installed
+	$(BIN)/python tools/scoreboard.py --preset $(PRESET) --seeds $(SEEDS) --set "$(strip $(SET))"
+
+curve: $(BIN)/.installed
+	$(BIN)/python tools/scoreboard.py --preset $(PRESET) --curve --set "$(strip $(SET))"
 
 faults: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests/test_faults.py; status=$$?; $(BIN)/python tools/fault_report.py; exit $$status

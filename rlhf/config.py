@@ -130,6 +130,33 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
+class BeyondConfig:
+    """Beyond PPO: DPO, RLOO and GRPO from the SFT actor and reward model (rlhf/beyond_loop.py).
+
+    Sampling, scoring, precision and LoRA are PPOConfig's fields (temperature, max_new_tokens,
+    missing_eos_penalty, score_clip, normalize_score, mixed_precision, lora_rank, max_grad_norm,
+    rollout_batch, minibatch), so the four optimisers generate and score answers the same way.
+    """
+    dpo_beta: float = 0.1                  # beta of DPO's implicit reward beta * log(pi / pi_ref) (Rafailov et al. 2023: 0.1)
+    dpo_label_smoothing: float = 0.0       # conservative DPO: the assumed chance that a preference label is wrong
+    dpo_lr: float = 1e-6                   # DPO learning rate (TRL's DPOTrainer: 1e-6)
+    dpo_steps: int = 0                     # DPO optimiser steps, each on minibatch / 2 pairs (0 = PPO's actor steps: iterations x ppo_epochs x rollout_batch / minibatch)
+    rloo_k: int = 4                        # RLOO: samples per prompt (Ahmadian et al. 2024: 2 to 4); rollout_batch / k prompts an iteration
+    rloo_lr: float = 1e-6                  # RLOO learning rate
+    rloo_kl_coef: float = 0.05             # beta of RLOO's KL penalty, paid once per answer (TRL's RLOO: 0.05)
+    grpo_group: int = 4                    # GRPO: samples per prompt, one group (DeepSeekMath: 64)
+    grpo_lr: float = 1e-6                  # GRPO learning rate
+    grpo_clip: float = 0.2                 # epsilon of GRPO's clipped ratio
+    grpo_kl_coef: float = 0.04             # beta of GRPO's k3 KL term in the loss (DeepSeekMath: 0.04)
+    grpo_epochs: int = 4                   # passes over each iteration's answers, in minibatches (PPO's ppo_epochs; DeepSeekMath: 1)
+    token_budget: int = 0                  # generated answer tokens an online loop may spend (0 = iterations x rollout_batch x max_new_tokens); the scoreboard sets PPO's count
+    iterations: int = 100                  # the most iterations of an online loop; it stops earlier once its token budget is spent
+    curve_kl_coefs: tuple = (0.0, 0.02, 0.05, 0.1, 0.3)  # PPO's kl_coef at each run of the over-optimisation curve (tools/scoreboard.py --curve)
+    curve_iterations: int = 0              # PPO iterations of each curve run (0 = PPOConfig.iterations)
+    seed: int = 42                         # seed of prompt order and sampling (the scoreboard adds the seed index)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Stage 4: compare the SFT and the RLHF policy on the eval prompts."""
     max_prompts: int = 0                   # evaluate the first N eval prompts (0 = all)
@@ -149,7 +176,7 @@ class TrackConfig:
 
 
 STAGES = {"base": BaseConfig, "data": DataConfig, "actor": ActorConfig, "critic": CriticConfig,
-          "ppo": PPOConfig, "eval": EvalConfig, "track": TrackConfig}
+          "ppo": PPOConfig, "beyond": BeyondConfig, "eval": EvalConfig, "track": TrackConfig}
 
 # Each preset overrides some fields of some stages; everything else keeps the original's default.
 PRESETS: dict[str, dict[str, dict]] = {
@@ -162,6 +189,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "critic": dict(lr=5e-4, batch_size=16, epochs=1),
         "ppo": dict(actor_lr=2e-5, critic_lr=1e-4, iterations=60, rollout_batch=32, minibatch=32,
                     max_new_tokens=40),
+        "beyond": dict(dpo_lr=2e-5, rloo_lr=5e-5, grpo_lr=2e-5, iterations=120, curve_iterations=100),
         "eval": dict(max_new_tokens=40),
     },
     # SmolLM2-135M-Instruct (a 135M Llama that already speaks, ChatML template): from the Hub when
@@ -175,6 +203,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "critic": dict(lr=2e-5, batch_size=16, max_steps=30, checkpoint_every=0),
         "ppo": dict(actor_lr=5e-5, critic_lr=1e-4, iterations=16, rollout_batch=16, minibatch=16,
                     max_new_tokens=32, lora_rank=16, critic_lora_rank=16, checkpoint_every=0),
+        "beyond": dict(dpo_lr=5e-5, rloo_lr=5e-5, grpo_lr=5e-5, iterations=32, curve_kl_coefs=(0.0, 0.1)),
         "eval": dict(max_prompts=64, max_new_tokens=32),
     },
     "ci": {
@@ -186,6 +215,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "critic": dict(lr=1e-3, batch_size=16, epochs=1, max_steps=30, checkpoint_every=5),
         "ppo": dict(actor_lr=3e-4, critic_lr=1e-3, iterations=8, rollout_batch=16, minibatch=8,
                     ppo_epochs=2, max_new_tokens=16, log_samples_every=2, checkpoint_every=2),
+        "beyond": dict(dpo_lr=3e-4, rloo_lr=3e-4, grpo_lr=3e-4, grpo_epochs=2, iterations=16,
+                       curve_kl_coefs=(0.0, 0.3), curve_iterations=4),
         "eval": dict(max_prompts=16, max_new_tokens=16),
     },
 }
@@ -209,10 +240,11 @@ _POSITIVE = {"lr", "actor_lr", "critic_lr", "batch_size", "grad_accum", "epochs"
              "rollout_batch", "minibatch", "ppo_epochs", "max_new_tokens", "temperature",
              "max_length", "max_prompt_length", "vocab_size", "hidden_size", "num_layers",
              "num_heads", "ffn_dim", "max_positions", "samples_per_prompt", "max_grad_norm",
-             "hub_timeout_s", "score_clip", "target_kl", "kl_horizon", "max_bad_updates", "max_bad_steps"}
+             "hub_timeout_s", "score_clip", "target_kl", "kl_horizon", "max_bad_updates", "max_bad_steps",
+             "dpo_beta", "dpo_lr", "rloo_lr", "grpo_lr", "grpo_epochs"}
 _NON_NEGATIVE = {"weight_decay", "kl_coef", "missing_eos_penalty", "checkpoint_every",
                  "max_steps", "max_eval_rows", "generation_batch", "micro_batch", "max_prompts", "lora_rank", "critic_lora_rank", "sample_prompts",
-                 "clip_value"}
+                 "clip_value", "rloo_kl_coef", "grpo_kl_coef", "dpo_steps", "token_budget", "curve_iterations"}
 _UNIT = {"warmup_ratio", "dropout", "gamma", "lam"}  # in [0, 1]
 
 
@@ -242,6 +274,13 @@ def validate(config) -> None:
             raise ConfigError("DataConfig.eval_fraction must be in (0, 1) and max_train_rows >= 0")
     if isinstance(config, BaseConfig) and config.hidden_size % config.num_heads:
         raise ConfigError("BaseConfig.hidden_size must be divisible by num_heads")
+    if isinstance(config, BeyondConfig):
+        if config.rloo_k < 2 or config.grpo_group < 2:
+            raise ConfigError("BeyondConfig.rloo_k and grpo_group must be >= 2 (a baseline needs other samples)")
+        if not 0 <= config.dpo_label_smoothing < 0.5 or not 0 < config.grpo_clip < 1:
+            raise ConfigError("BeyondConfig.dpo_label_smoothing must be in [0, 0.5) and grpo_clip in (0, 1)")
+        if any(c < 0 for c in config.curve_kl_coefs):
+            raise ConfigError(f"BeyondConfig.curve_kl_coefs must be >= 0, got {config.curve_kl_coefs!r}")
     if isinstance(config, PPOConfig) and config.rollout_batch % config.minibatch:
         raise ConfigError("PPOConfig.rollout_batch must be a multiple of minibatch")
 
