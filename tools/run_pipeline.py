@@ -52,14 +52,14 @@ class CurveKernelManager(AsyncKernelManager):
 
 
 def run_notebooks(root: Path, preset: str, data: str, only=None, out_dir: Path | None = None,
-                  model: str = "", overrides: str = "") -> dict:
+                  model: str = "", overrides: str = "", names=NOTEBOOKS) -> dict:
     """Run the notebooks under `root`; returns {notebook: seconds}. Raises on the first failure."""
     import papermill
 
     out_dir = out_dir or root / "runs"
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds = {}
-    for name in NOTEBOOKS:
+    for name in names:
         if not (root / f"{name}.ipynb").exists() or (only and name[0] not in only):
             continue
         start = time.time()
@@ -95,6 +95,8 @@ def main() -> int:
     parser.add_argument("--preset", default="auto")
     parser.add_argument("--data", default="dataset")
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 0 1 2")
+    parser.add_argument("--beyond", action="store_true",
+                        help="also run notebook 5_beyond after the five (make notebook-outputs; not make run)")
     parser.add_argument("--model", default="", help="a hub id instead of the preset's base model")
     parser.add_argument("--set", default="", dest="overrides",
                         help='config overrides, "stage.field=value ...", e.g. "ppo.lora_rank=8 actor.epochs=1"')
@@ -107,7 +109,9 @@ def main() -> int:
     except ConfigError as err:
         parser.error(str(err))
     start = time.time()
-    seconds = run_notebooks(ROOT, args.preset, args.data, args.only, model=args.model, overrides=args.overrides)
+    names = NOTEBOOKS + ["5_beyond"] if args.beyond else NOTEBOOKS
+    seconds = run_notebooks(ROOT, args.preset, args.data, args.only, model=args.model, overrides=args.overrides,
+                            names=names)
     print(f"\nall notebooks: {time.time() - start:.0f} s {seconds}")
     (ROOT / "runs" / "timings.json").write_text(json.dumps(seconds, indent=2) + "\n")
     print_summary(ROOT)
