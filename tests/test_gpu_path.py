@@ -269,6 +269,7 @@ def ppo_calls():
         "gae": (values, rewards, mask, 1.0, 0.95),
         "policy_loss": (logprobs, ref, values, mask, 0.2),
         "value_loss": (values, values + randn(B, R, s=0.3), rewards, mask, 0.2),
+        "explained_variance": (values, rewards, mask),
         "update_kl_coef": (0.1, torch.tensor(3.0), 6.0, 16, 10000),
     }
 
