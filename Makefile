@@ -64,10 +64,12 @@ bench: $(BIN)/.installed
 notebooks: $(BIN)/.installed
 	$(BIN)/python tools/build_notebooks.py
 
-# the outputs the committed notebooks carry: all five and 5_beyond run on the tiny preset, outputs cleaned
+# the outputs the committed notebooks carry: all five and 5_beyond run on the real model (about an
+# hour on 2 CPU cores; OUTPUTS_PRESET=tiny for a few minutes), outputs cleaned
+OUTPUTS_PRESET ?= smollm2-135m
 .PHONY: notebook-outputs
 notebook-outputs: $(BIN)/.installed
-	$(BIN)/python tools/run_pipeline.py --preset tiny --data dataset --beyond && $(BIN)/python tools/build_notebooks.py --outputs runs
+	$(BIN)/python tools/run_pipeline.py --preset $(OUTPUTS_PRESET) --data dataset --beyond && $(BIN)/python tools/build_notebooks.py --outputs runs
 
 dataset:
 	$(PYTHON) dataset/make_dataset.py

@@ -41,7 +41,8 @@ from rlhf.evaluate import (bootstrap_interval, evaluate_policies, flaw_table, go
                            pick_examples, summarize, wrong_above_clean)
 from rlhf.generation import chat, complete, decode_responses, generate, position_ids_from_mask
 from rlhf.models import (check_tokenizer_matches, count_parameters, get_base, has_gpu,
-                         load_ppo_models, load_tokenizer, resolve_preset)
+                         load_policy_models, load_ppo_models, load_score_model, load_tokenizer,
+                         resolve_preset)
 from rlhf.ppo_loop import (Timer, make_optimizer, ppo_losses, ppo_update, prompt_batch,
                            rollout_stats, train_ppo)
 from rlhf.overrides import check_overrides, stage_overrides

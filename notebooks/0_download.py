@@ -17,7 +17,9 @@
 # With a GPU and internet, the base model is `facebook/opt-125m` from the Hugging Face hub.
 # Offline (or on a CPU), the notebook builds its own: a byte-level BPE tokenizer trained on the
 # dataset and a small OPT model from a config, so the whole pipeline runs in minutes. The outputs
-# you see were made by `make notebook-outputs` (the `tiny` preset on 2 CPU cores).
+# you see were made by `make notebook-outputs` with the `smollm2-135m` preset: SmolLM2-135M-Instruct,
+# a real pretrained model that already speaks, on 2 CPU cores (`OUTPUTS_PRESET=tiny` makes the
+# tiny preset's in minutes).
 #
 # The first code cell, the same in every notebook, gets the project: where the notebook started
 # inside it (a laptop, `make run`) it stays; elsewhere (Colab, opened from the badge above) it
@@ -28,7 +30,7 @@
 # > **0 · 数据、分词器与基础模型。** 五个笔记本依次跑完整个 RLHF 流程：0 准备基础模型，1 监督微调得到 actor，2 训练奖励模型（critic），3 用 PPO 做 RLHF，4 对比 SFT 与 RLHF。有 GPU 且能访问
 # > Hugging Face 时使用 `facebook/opt-125m`；离线或只有 CPU 时，本笔记本在数据集上训练一个字节级
 # > BPE 分词器并构建一个小型 OPT 模型，几分钟即可跑完全流程。你看到的输出来自
-# > `make notebook-outputs`（`tiny` 预设，2 核 CPU）。第一个代码单元格在每个笔记本里都一样，负责取得项目：笔记本在项目目录里启动时（本机、`make run`）就留在那里；在别处启动时（例如从上面的徽章打开 Colab）把仓库克隆到 `PROJECT`。Colab 运行时结束后文件会丢失，要让笔记本 1–4 用上笔记本 0 的检查点，请在每个笔记本里把 `PROJECT` 设为 Drive 中的目录，例如 `/content/drive/MyDrive/simple-rlhf-tiny`。
+# > `make notebook-outputs`，用的是 `smollm2-135m` 预设：真正预训练过、已经会说话的 SmolLM2-135M-Instruct，在 2 核 CPU 上运行（`OUTPUTS_PRESET=tiny` 则几分钟就能得到 tiny 预设的输出）。第一个代码单元格在每个笔记本里都一样，负责取得项目：笔记本在项目目录里启动时（本机、`make run`）就留在那里；在别处启动时（例如从上面的徽章打开 Colab）把仓库克隆到 `PROJECT`。Colab 运行时结束后文件会丢失，要让笔记本 1–4 用上笔记本 0 的检查点，请在每个笔记本里把 `PROJECT` 设为 Drive 中的目录，例如 `/content/drive/MyDrive/simple-rlhf-tiny`。
 
 # %% tags=["parameters"]
 PRESET = "auto"     # "auto", "tiny", "ci", "opt-125m" or "smollm2-135m" (a real pretrained model)

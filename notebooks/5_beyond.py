@@ -137,7 +137,7 @@ print(f"{len(pairs)} preference pairs ({len(held_out)} held out), {len(prompt_id
 
 # %%
 print(inspect.getsource(beyond_loop.dpo_step))
-models = beyond_loop.load_policy_models(actor_dir, critic_dir, ppo_cfg)
+models = util.load_policy_models(actor_dir, critic_dir, ppo_cfg)
 dpo_actor, dpo_history = beyond_loop.train_dpo(models, tokenizer, pairs, ppo_cfg, cfg)
 frame = pd.DataFrame(dpo_history).set_index("step")
 display(frame.iloc[::max(1, len(frame) // 8)][["loss", "accuracy", "margin", "chosen_reward", "rejected_reward"]].round(4))
@@ -154,7 +154,7 @@ print("held-out implicit reward:", {k: round(v, 3) for k, v in implicit.items()}
 
 # %%
 print(inspect.getsource(beyond_loop.rloo_iteration))
-models = beyond_loop.load_policy_models(actor_dir, critic_dir, ppo_cfg)
+models = util.load_policy_models(actor_dir, critic_dir, ppo_cfg)
 rloo_actor, rloo_history = beyond_loop.train_online("rloo", models, tokenizer, prompt_ids, ppo_cfg, budget_cfg,
                                                     judge=judge, prompt_texts=prompt_texts)
 KEYS = ["score", "gold", "kl", "response_length", "loss", "tokens_used"]
@@ -171,7 +171,7 @@ display(frame.iloc[::max(1, len(frame) // 8)][KEYS].round(4))
 
 # %%
 print(inspect.getsource(beyond_loop.grpo_iteration))
-models = beyond_loop.load_policy_models(actor_dir, critic_dir, ppo_cfg)
+models = util.load_policy_models(actor_dir, critic_dir, ppo_cfg)
 grpo_actor, grpo_history = beyond_loop.train_online("grpo", models, tokenizer, prompt_ids, ppo_cfg, budget_cfg,
                                                     judge=judge, prompt_texts=prompt_texts)
 frame = pd.DataFrame(grpo_history).set_index("iteration")
@@ -197,7 +197,7 @@ for name, actor in (("dpo", dpo_actor), ("rloo", rloo_actor), ("grpo", grpo_acto
 from transformers import AutoModelForCausalLM
 policies = {name: AutoModelForCausalLM.from_pretrained(util.stage_dir(folder)).eval()
             for name, folder in (("sft", "actor"), ("ppo", "rlhf"), ("dpo", "dpo"), ("rloo", "rloo"), ("grpo", "grpo"))}
-reward_model = beyond_loop.load_policy_models(actor_dir, critic_dir, ppo_cfg)[2]
+reward_model = util.load_score_model(critic_dir, ppo_cfg).eval()
 prompts = list(dict.fromkeys(r["prompt"] for r in eval_rows))[:eval_cfg.max_prompts or None]
 records = util.evaluate_policies(policies, policies["sft"], reward_model, tokenizer, prompts, eval_cfg,
                                  data_cfg.max_prompt_length, judge=util.gold_judge_for(prompts))

@@ -15,42 +15,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from . import beyond, ppo
-from .checkpoint import read_json
 from .data import build_sequence, collate_pairs, collate_prompts, prompt_to_ids
 from .generation import decode_responses, generate, position_ids_from_mask
-from .models import disable_dropout, lora_config
 from .ppo_loop import prompt_batch
-from .reward import fold_score_stats
 from .rollout import in_chunks, pad_columns, reference_logprobs, response_logits, score
 from .steps import adamw, make_accelerator
 from .train import step_batches
 
 
 # ----------------------------------------------------------------------------- models and data (plumbing)
-
-def load_policy_models(actor_dir, critic_dir, ppo_cfg, device=None):
-    """(actor, reference, reward_model), as load_ppo_models gives them, without a critic: dropout
-    off, the reward model's head normalised with stage 2's statistics (when ppo_cfg.normalize_score),
-    and with ppo_cfg.lora_rank > 0 LoRA adapters on the actor and reference None."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    load = lambda auto, folder: disable_dropout(auto.from_pretrained(folder)).to(device or "cpu")
-    actor = load(AutoModelForCausalLM, actor_dir)
-    reward_model = load(AutoModelForSequenceClassification, critic_dir).eval()
-    reference = None if ppo_cfg.lora_rank else load(AutoModelForCausalLM, actor_dir).eval()
-    if ppo_cfg.normalize_score:
-        stats = read_json(Path(critic_dir) / "reward_stats.json")
-        fold_score_stats(reward_model, stats["mean"], stats["std"])
-    if ppo_cfg.lora_rank:
-        from peft import get_peft_model
-        actor = get_peft_model(actor, lora_config(ppo_cfg.lora_rank))
-    return actor, reference, reward_model
-
 
 def encode_dpo_pairs(rows, tokenizer, max_length: int, max_prompt_length: int):
     """[dict(chosen_ids, rejected_ids, prompt_length)] built like the reward model's pairs

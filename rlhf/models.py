@@ -225,32 +225,50 @@ def disable_dropout(model):
     return model
 
 
-def load_ppo_models(actor_dir, critic_dir, cfg, device=None):
-    """The four models of PPO, dropout off (ppo-details #7), on `device` when given:
-    (actor, reference, reward, critic).
+def load_score_model(critic_dir, cfg, device=None):
+    """Stage 2's reward model from `critic_dir`, dropout off, on `device` when given. With
+    cfg.normalize_score it scores in normalised units: stage 2's statistics of SFT answers
+    (reward_stats.json) folded into its head (rlhf.reward.fold_score_stats), so that 0 is an
+    average SFT answer. PPO loads it twice: as the frozen reward model and as the critic's start."""
+    from transformers import AutoModelForSequenceClassification
 
-    actor and reference come from `actor_dir` (SFT), reward and critic from `critic_dir` (the
-    reward model). With cfg.normalize_score, both score in normalised units: stage 2's statistics
-    of SFT answers (reward_stats.json) folded into their heads (rlhf.reward.fold_score_stats), so
-    the critic starts in the units of the score it learns from. With cfg.lora_rank > 0 the actor
-    trains LoRA adapters only and the reference is None: the same network with its adapters
-    switched off, no second copy in memory. With
-    cfg.critic_lora_rank > 0 the critic trains adapters and, in full, its value head ("score").
-    """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    load = lambda auto, folder: disable_dropout(auto.from_pretrained(folder)).to(device or "cpu")
-    actor, critic = load(AutoModelForCausalLM, actor_dir), load(AutoModelForSequenceClassification, critic_dir)
-    reward_model = load(AutoModelForSequenceClassification, critic_dir).eval()
-    reference = None if cfg.lora_rank else load(AutoModelForCausalLM, actor_dir).eval()
+    model = disable_dropout(AutoModelForSequenceClassification.from_pretrained(critic_dir)).to(device or "cpu")
     if cfg.normalize_score:
         stats = read_json(Path(critic_dir) / "reward_stats.json")
-        for model in (reward_model, critic):
-            fold_score_stats(model, stats["mean"], stats["std"])
-    if cfg.lora_rank or cfg.critic_lora_rank:
-        from peft import get_peft_model
-        if cfg.lora_rank:
-            actor = get_peft_model(actor, lora_config(cfg.lora_rank))
-        if cfg.critic_lora_rank:
-            critic = get_peft_model(critic, lora_config(cfg.critic_lora_rank, "SEQ_CLS"))
+        fold_score_stats(model, stats["mean"], stats["std"])
+    return model
+
+
+def load_policy_models(actor_dir, critic_dir, cfg, device=None):
+    """(actor, reference, reward_model): what every optimiser of this project needs, PPO's critic
+    aside. actor and reference come from `actor_dir` (SFT), dropout off (ppo-details #7); the
+    reward model from load_score_model, in eval mode. With cfg.lora_rank > 0 the actor trains
+    LoRA adapters only and the reference is None: the same network with its adapters switched
+    off, no second copy in memory."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    load = lambda: disable_dropout(AutoModelForCausalLM.from_pretrained(actor_dir)).to(device or "cpu")
+    actor = load()
+    reward_model = load_score_model(critic_dir, cfg, device).eval()
+    reference = None if cfg.lora_rank else load().eval()
+    if cfg.lora_rank:
+        actor = get_peft_model(actor, lora_config(cfg.lora_rank))
+    return actor, reference, reward_model
+
+
+def load_ppo_models(actor_dir, critic_dir, cfg, device=None):
+    """The four models of PPO, on `device` when given: (actor, reference, reward, critic).
+
+    The first three are load_policy_models'. The critic is the reward model again (trainable),
+    with the same statistics folded into its head, so it starts in the units of the score it
+    learns from. With cfg.critic_lora_rank > 0 the critic trains adapters and, in full, its
+    value head ("score").
+    """
+    from peft import get_peft_model
+
+    actor, reference, reward_model = load_policy_models(actor_dir, critic_dir, cfg, device)
+    critic = load_score_model(critic_dir, cfg, device)
+    if cfg.critic_lora_rank:
+        critic = get_peft_model(critic, lora_config(cfg.critic_lora_rank, "SEQ_CLS"))
     return actor, reference, reward_model, critic

@@ -11,14 +11,20 @@ from .tasks import FLAW_NAMES, gold_flaws
 
 ALGORITHMS = ("ppo", "dpo", "rloo", "grpo")
 FIGURES = ("gold", "rm_score", "kl", "length", "ended", "win_rate_gold", "win_rate_rm")
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t quantiles by degrees of freedom
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}  # Student's t 97.5% quantile by degrees of freedom
+
+
+def t_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with df degrees of freedom: the table's value at the
+    largest tabulated df not above it (a slightly wider interval between entries), 1.96 past 30."""
+    return T_975[max(d for d in T_975 if d <= df)] if df <= 30 else 1.96
 
 
 # ----------------------------------------------------------------------------- figures and intervals
 
 def figures_of(result, sft_records) -> dict:
     """Mean sampled-answer figures of one run, and its win rates against SFT at the same seed."""
-
     sampled = [r for r in result["records"] if r["mode"] == "sampled"]
     mean = lambda key: sum(float(r[key]) for r in sampled) / max(len(sampled), 1)
     both = result["records"] + sft_records
@@ -36,12 +42,11 @@ def interval(values) -> tuple[float, float]:
     if n < 2:
         return mean, math.nan
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, T_975.get(n - 1, 2.0) * sd / math.sqrt(n)
+    return mean, t_975(n - 1) * sd / math.sqrt(n)
 
 
 def flaw_shares(records, algorithm) -> dict:
     """Share of an algorithm's sampled answers (all seeds) with each flaw the gold judge names."""
-
     found = [gold_flaws(r["prompt"], r["response"], r["ended"]) for r in records
              if r["policy"] == algorithm and r["mode"] == "sampled"]
     shares = {label: sum(name in f for f in found) / max(len(found), 1) for name, label in FLAW_NAMES.items()}

@@ -117,19 +117,37 @@ def out_of_memory_together(accelerator):
                                      "process (lower micro_batch / grad_accum to start smaller)")
 
 
-def average_gradients(accelerator, models) -> None:
+GRADIENT_BUCKET = 2**22  # elements (16 MB in fp32) per all-reduce of average_gradients, as DDP's 25 MB buckets
+
+
+def average_gradients(accelerator, models, bucket: int = GRADIENT_BUCKET) -> None:
     """Every trainable parameter's gradient averaged over the processes, in place: DDP's
     all-reduce, done once after the step's last micro-batch has got through out_of_memory_together
-    (the backward passes run under no_sync, so an error inside one cannot strand a rank in DDP's)."""
+    (the backward passes run under no_sync, so an error inside one cannot strand a rank in DDP's).
+    The gradients travel flattened, `bucket` elements of one dtype per collective, not one
+    collective per tensor (a Llama has hundreds of them)."""
     if accelerator.num_processes == 1:
         return
+    grads = []
     for model in models:
         for param in model.parameters():
             if param.requires_grad:
                 if param.grad is None:  # every rank must reduce the same tensors
                     param.grad = torch.zeros_like(param)
-                torch.distributed.all_reduce(param.grad)
-                param.grad.div_(accelerator.num_processes)
+                grads.append(param.grad)
+    buckets, size = [], 0
+    for grad in grads:
+        if not buckets or size + grad.numel() > bucket or grad.dtype != buckets[-1][0].dtype:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(grad)
+        size += grad.numel()
+    for group in buckets:
+        flat = torch.cat([g.reshape(-1) for g in group])                    # (sum of numels,)
+        torch.distributed.all_reduce(flat)
+        flat.div_(accelerator.num_processes)
+        for grad, part in zip(group, flat.split([g.numel() for g in group])):
+            grad.copy_(part.view_as(grad))
 
 
 def mean_over_processes(accelerator, stats: dict) -> dict:

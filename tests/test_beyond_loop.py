@@ -17,6 +17,7 @@ from rlhf.checkpoint import save_checkpoint, write_json
 from rlhf.config import make_config
 from rlhf.data import encode_prompts, split_rows
 from rlhf.evaluate import gold_judge_for
+from rlhf.models import load_policy_models
 from rlhf.sources import load_data
 from test_ppo_details import make_models
 
@@ -64,7 +65,7 @@ def test_dpo_trains_from_the_pairs_and_shows_its_implicit_reward(model_dir, data
     pairs = beyond_loop.encode_dpo_pairs(parts["critic"][:64], tiny_tokenizer, data_cfg.max_length,
                                          data_cfg.max_prompt_length)
     assert all(p["chosen_ids"][:p["prompt_length"]] == p["rejected_ids"][:p["prompt_length"]] for p in pairs)
-    models = beyond_loop.load_policy_models(model_dir / "actor", model_dir / "critic", ppo_cfg)
+    models = load_policy_models(model_dir / "actor", model_dir / "critic", ppo_cfg)
     actor, history = beyond_loop.train_dpo(models, tiny_tokenizer, pairs, ppo_cfg, cfg, log=lambda m: None)
     assert len(history) == 3
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # pi = pi_ref: every margin is 0
@@ -84,7 +85,7 @@ def test_online_loops_train_within_their_token_budget(algorithm, model_dir, data
     ppo_cfg, cfg = configs(token_budget=200, iterations=5, rloo_lr=1e-2, grpo_lr=1e-2)
     texts = [r["prompt"] for r in rows]
     ids = encode_prompts(rows, tiny_tokenizer, data_cfg.max_prompt_length)
-    models = beyond_loop.load_policy_models(model_dir / "actor", model_dir / "critic", ppo_cfg)
+    models = load_policy_models(model_dir / "actor", model_dir / "critic", ppo_cfg)
     actor, history = beyond_loop.train_online(algorithm, models, tiny_tokenizer, ids, ppo_cfg, cfg,
                                               log=lambda m: None, judge=gold_judge_for(texts),
                                               prompt_texts=texts, progress=False)
@@ -98,7 +99,7 @@ def test_online_loops_train_within_their_token_budget(algorithm, model_dir, data
 
 def test_online_loop_refuses_groups_that_do_not_divide_the_rollout(model_dir, tiny_tokenizer):
     ppo_cfg, cfg = configs(rloo_k=3)
-    models = beyond_loop.load_policy_models(model_dir / "actor", model_dir / "critic", ppo_cfg)
+    models = load_policy_models(model_dir / "actor", model_dir / "critic", ppo_cfg)
     with pytest.raises(ValueError, match="rollout_batch .16. must be a multiple of BeyondConfig.rloo_k .3."):
         beyond_loop.train_online("rloo", models, tiny_tokenizer, [[1, 5]], ppo_cfg, cfg, progress=False)
 
@@ -127,6 +128,10 @@ def test_interval_is_the_95_percent_t_interval():
     mean, half = scoreboard.interval([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2 df) = 4.303
     assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3))
     assert math.isnan(scoreboard.interval([5.0])[1])
+    # eleven seeds (10 df): t = 2.228 from a t table; the old fallback used 2.0 past 9 df
+    values = [float(v) for v in range(11)]                       # mean 5, sd sqrt(11)
+    assert scoreboard.interval(values)[1] == pytest.approx(2.228 * math.sqrt(11) / math.sqrt(11), rel=1e-4)
+    assert scoreboard.interval([0.0, 2.0] * 40)[1] == pytest.approx(1.96 * math.sqrt(80 / 79) / math.sqrt(80), rel=1e-4)
 
 
 def test_the_curve_finds_where_gold_peaks_and_how_far_it_falls():

@@ -46,7 +46,7 @@ from rlhf.checkpoint import save_checkpoint  # noqa: E402
 from rlhf.config import ConfigError, make_config  # noqa: E402
 from rlhf.data import encode_prompts, split_rows  # noqa: E402
 from rlhf.evaluate import evaluate_policies, gold_judge_for  # noqa: E402
-from rlhf.models import load_ppo_models, load_tokenizer, resolve_preset  # noqa: E402
+from rlhf.models import load_policy_models, load_ppo_models, load_score_model, load_tokenizer, resolve_preset  # noqa: E402
 from rlhf.overrides import check_overrides  # noqa: E402
 from rlhf.ppo_loop import train_ppo  # noqa: E402
 from rlhf.sources import load_data  # noqa: E402
@@ -58,7 +58,6 @@ from rlhf.scoreboard import ALGORITHMS, board, curve_markdown, curve_summary, ma
 
 def configs(task):
     """(preset, ppo_cfg, beyond_cfg, data_cfg, eval_cfg) of a task, every seed shifted by its seed."""
-
     preset, parsed, s = task["preset"], task["overrides"], task["seed"]
     make = lambda stage, **extra: make_config(stage, preset, **{**parsed.get(stage, {}), **extra})
     ppo_cfg = make("ppo", **task.get("ppo", {}))
@@ -79,7 +78,6 @@ def peak_memory_mb(device) -> float:
 
 def train(algorithm, task, ppo_cfg, cfg, data_cfg, tokenizer, parts, judge, log):
     """Train one algorithm from model/actor and model/critic. Returns (policy, reward model, facts)."""
-
     actor_dir, critic_dir = f"{task['model_dir']}/actor", f"{task['model_dir']}/critic"
     texts = [r["prompt"] for r in parts["rlhf"]]
     prompt_ids = encode_prompts(parts["rlhf"], tokenizer, data_cfg.max_prompt_length)
@@ -89,7 +87,7 @@ def train(algorithm, task, ppo_cfg, cfg, data_cfg, tokenizer, parts, judge, log)
                                          prompt_texts=texts, progress=False)
         tokens = sum(h["response_length"] * h["prompts"] for h in history)
         return actor, models[2], {"generated_tokens": round(tokens), "iterations": len(history), "history": history}
-    models = beyond_loop.load_policy_models(actor_dir, critic_dir, ppo_cfg)
+    models = load_policy_models(actor_dir, critic_dir, ppo_cfg)
     if algorithm == "dpo":
         pairs = beyond_loop.encode_dpo_pairs(parts["critic"], tokenizer, data_cfg.max_length, data_cfg.max_prompt_length)
         actor, history = beyond_loop.train_dpo(models, tokenizer, pairs, ppo_cfg, cfg, log)
@@ -105,7 +103,6 @@ def run_one(task: dict) -> dict:
     """Train (unless SFT) and evaluate one algorithm at one seed: its figures and eval records."""
     from transformers import AutoModelForCausalLM
 
-
     preset, ppo_cfg, cfg, data_cfg, eval_cfg = configs(task)
     algorithm, log = task["algorithm"], (lambda message: print(f"[{task['algorithm']} {task['seed']}] {message}", flush=True))
     tokenizer = load_tokenizer(f"{task['model_dir']}/actor")
@@ -117,8 +114,7 @@ def run_one(task: dict) -> dict:
     start, facts = time.perf_counter(), {}
     if algorithm == "sft":
         policy = sft
-        reward_model = beyond_loop.load_policy_models(f"{task['model_dir']}/actor", f"{task['model_dir']}/critic",
-                                                      replace(ppo_cfg, lora_rank=0))[2]
+        reward_model = load_score_model(f"{task['model_dir']}/critic", ppo_cfg).eval()
     else:
         policy, reward_model, facts = train(algorithm, task, ppo_cfg, cfg, data_cfg, tokenizer, parts, judge, log)
         if hasattr(policy, "merge_and_unload"):  # LoRA: a plain model again
@@ -227,7 +223,6 @@ def run_curve(base, args, preset):
 
 
 def main() -> int:
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="auto")
     parser.add_argument("--seeds", type=int, default=3)
