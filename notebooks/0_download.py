@@ -130,7 +130,7 @@ else:
 # with the labels the demonstrator drew (`tests/test_tasks.py` checks every answer of the built-in
 # train and eval data).
 #
-# > 整个训练集里评判器找到的缺陷：示范回答带着 SFT 会学去的缺陷，chosen 没有缺陷，rejected 每条有一两个。评判器的判断与示范者生成时抽到的缺陷标签完全一致（`tests/test_tasks.py` 检查内置训练集和评测集的每一条回答）。
+# > 整个训练集里评判器找到的缺陷：示范回答带着 SFT 会学去的缺陷，chosen 没有缺陷，rejected 每条有一两个。评判器的判断与示范者生成时抽到的缺陷标签完全一致（`tests/test_tasks.py` 检查内置训练集和评测集的每一条回答）。图：横轴是各类缺陷（rude 粗鲁、rambling 啰嗦、repeated 重复、cut off 话没说完、evasive 回避问题、wrong 事实错误），纵轴是带有该缺陷的回答所占的比例（share of answers）；三种颜色的柱分别是示范回答（response）、chosen 和 rejected。
 
 # %%
 import matplotlib.pyplot as plt

@@ -134,7 +134,7 @@ plt.xlabel("step"); plt.legend(); plt.title("SFT loss"); plt.tight_layout(); plt
 # below; whether it also copied the demonstrator's habits shows when it *samples*, as PPO will:
 # the verdict after them samples the actor on more eval prompts and counts the flaws.
 #
-# > SFT 之后，actor 能按数据的格式回答。贪心解码给出它最可能的回答（见下）；它是否也学会了示范者的坏习惯，要看它**采样**时的表现（PPO 用的就是采样）：后面的结论在更多评测提示词上采样并统计缺陷。
+# > SFT 之后，actor 能按数据的格式回答。贪心解码给出它最可能的回答（见下）；它是否也学会了示范者的坏习惯，要看它**采样**时的表现（PPO 用的就是采样）：后面的结论在更多评测提示词上采样并统计缺陷。上图：横轴是训练步数（step），纵轴是损失；train loss 是每一步的训练损失，eval loss（圆点）是每个 epoch 结束时的验证损失。
 
 # %%
 show_samples(model, "actor after SFT (greedy):")

@@ -138,6 +138,12 @@ print(f"held-out accuracy {final['eval_accuracy']:.3f}, mean margin {final['eval
 # %%
 print(util.verdict.reward_verdict(before, final, len(eval_pairs)))
 
+# %% [markdown]
+# Left, the pairwise loss over the training steps; right, the trained reward model's scores of
+# the held-out chosen and rejected answers: the two histograms should separate.
+#
+# > 图：左图横轴是训练步数（step），纵轴是成对损失（pairwise loss）；右图是训练好的奖励模型给留出偏好对中 chosen 和 rejected 回答打的分数的直方图（横轴是分数，纵轴是回答数），两个直方图应当分开。
+
 # %%
 import matplotlib.pyplot as plt
 chosen, rejected = util.reward.score_pairs(model, eval_pairs, collate)

@@ -506,7 +506,7 @@ for it in range(loop_iterations):
 
 # %%
 KEYS = ["score", "kl", "response_length", "ratio_mean", "clipfrac", "policy_loss", "value_loss", "explained_variance"]
-display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4))
+display(pd.DataFrame(loop_history).set_index("iteration")[KEYS].round(4).rename(columns=util.verdict.labelled))
 
 # %% [markdown]
 # ### Verdict on the loop
@@ -581,7 +581,8 @@ display((same - pd.DataFrame(loop_history).set_index("iteration")[KEYS]).abs().r
 k = util.verdict.window_size(len(history))
 summary_keys = ("score", "gold", "kl", "response_length", "eos_rate", "entropy", "clipfrac", "explained_variance")
 print(f"the run in windows: mean of the first {k} iterations against the last {k}")
-display(pd.DataFrame(util.verdict.window_table(history, summary_keys, k)).set_index("number").round(3))
+display(pd.DataFrame(util.verdict.window_table(history, summary_keys, k)).set_index("number").round(3)
+        .rename(index=util.verdict.labelled, columns=util.verdict.labelled))
 
 # %%
 import matplotlib.pyplot as plt
@@ -608,7 +609,7 @@ for s in samples:
 # above an average SFT answer although the gold judge finds a flaw. Notebook 4 measures the same
 # question on held-out prompts, with more answers.
 #
-# > ### 结论用这次训练自己的数字来评判（`util.verdict.training_verdict`，输入 `history` 和 `samples`）：图中阴影标出的两个窗口、每个变化与其噪声的比较、把上表的规则用在分数和 gold 上，以及那些奖励模型打分高于一条普通 SFT 回答、gold judge 却找到缺陷的样例。笔记本 4 在留出的提示词上用更多回答检验同一个问题。
+# > ### 结论用这次训练自己的数字来评判（`util.verdict.training_verdict`，输入 `history` 和 `samples`）：图中阴影标出的两个窗口、每个变化与其噪声的比较、把上表的规则用在分数和 gold 上，以及那些奖励模型打分高于一条普通 SFT 回答、gold judge 却找到缺陷的样例。笔记本 4 在留出的提示词上用更多回答检验同一个问题。上面的图：每个小图是一个记录的数字，标题就是它的名字（score 奖励模型分数、gold 分数、kl 相对参考模型的 KL 散度、response_length 回答长度、entropy 熵、explained_variance 解释方差）；横轴是迭代次数（iteration），纵轴是这个数字，灰色阴影是结论比较的前 k 次和后 k 次迭代两个窗口。
 
 # %%
 print(util.verdict.training_verdict(history, samples))

@@ -58,7 +58,7 @@ print(f"{len(prompts)} eval prompts, {cfg.samples_per_prompt} samples each + 1 g
 records = util.evaluate_policies(policies, policies["sft"], reward_model, tokenizer, prompts, cfg,
                                  data_cfg.max_prompt_length, judge=judge)
 figures, table = util.summarize(records, has_gold=judge is not None)
-display(pd.DataFrame(table[1:], columns=["", "SFT", "RLHF"]).set_index(""))
+display(pd.DataFrame(table[1:], columns=["", "SFT", "RLHF"]).set_index("").rename(index=util.verdict.labelled))
 
 # %% [markdown]
 # ## Sampled answers, side by side
@@ -105,9 +105,10 @@ if judge is not None:
 if judge is not None:
     differences = util.per_prompt_differences(records, "gold")
     mean_gold, low, high = util.bootstrap_interval(differences, seed=cfg.seed)
-    print(util.verdict.difference_line("sampled gold, RLHF minus SFT", mean_gold, low, high, len(differences)))
+    print(util.verdict.difference_line(util.verdict.Text("sampled gold, RLHF minus SFT", "采样回答的 gold 分数，RLHF 减 SFT"),
+                                       mean_gold, low, high, len(differences)))
     greedy_differences = util.per_prompt_differences(records, "gold", mode="greedy")
-    print(util.verdict.difference_line("greedy gold, RLHF minus SFT", *util.bootstrap_interval(greedy_differences, seed=cfg.seed),
+    print(util.verdict.difference_line(util.verdict.Text("greedy gold, RLHF minus SFT", "贪心回答的 gold 分数，RLHF 减 SFT"), *util.bootstrap_interval(greedy_differences, seed=cfg.seed),
                                        len(greedy_differences)))
 
 # %% [markdown]
@@ -121,13 +122,13 @@ if judge is not None:
 # stops rambling and evading answers more questions, some of them wrongly. RLHF can only be as good
 # as its reward model. The cell after the chart says what happened on this run.
 #
-# > **逐项缺陷。** 采样回答中带有各类缺陷的比例，RLHF 之前（SFT）和之后。SFT 学会了示范者的坏习惯；奖励模型从偏好对中学到人（这里是给偏好对打标签的评判器）不喜欢这些习惯，PPO 去掉了奖励模型能识别的那些。可以预期：行为上的缺陷（粗鲁、啰嗦、重复、话没说完）奖励模型容易识别，PPO 应该去掉其中大部分；事实错误难以识别：如果奖励模型给错误回答的分数比正确回答还高，PPO 在这方面就无从学起，而一个不再啰嗦、不再回避的策略会回答更多问题，其中一些答错了。RLHF 的上限就是它的奖励模型。图表之后的单元格说明这次训练实际发生了什么。
+# > **逐项缺陷。** 采样回答中带有各类缺陷的比例，RLHF 之前（SFT）和之后。SFT 学会了示范者的坏习惯；奖励模型从偏好对中学到人（这里是给偏好对打标签的评判器）不喜欢这些习惯，PPO 去掉了奖励模型能识别的那些。可以预期：行为上的缺陷（粗鲁、啰嗦、重复、话没说完）奖励模型容易识别，PPO 应该去掉其中大部分；事实错误难以识别：如果奖励模型给错误回答的分数比正确回答还高，PPO 在这方面就无从学起，而一个不再啰嗦、不再回避的策略会回答更多问题，其中一些答错了。RLHF 的上限就是它的奖励模型。图表之后的单元格说明这次训练实际发生了什么。图：纵轴列出各类缺陷，横轴是带有该缺陷的采样回答所占的比例，SFT 和 RLHF 各一根柱。
 
 # %%
 import matplotlib.pyplot as plt
 if judge is not None:
     flaws = pd.DataFrame(util.flaw_table(records), columns=["flaw", "SFT", "RLHF"]).set_index("flaw")
-    display((100 * flaws).round(1).rename(columns=lambda name: f"{name} (% of answers)"))
+    display((100 * flaws).round(1).rename(index=util.verdict.labelled, columns=lambda name: f"{name} (% of answers, 回答占比 %)"))
     flaws.iloc[:-1].plot.barh(figsize=(6, 2.8), title="share of sampled answers with each flaw")
     plt.gca().invert_yaxis(); plt.tight_layout(); plt.show()
 
@@ -144,7 +145,8 @@ if judge is not None:
 if judge is not None:
     n = {policy: sum(r["policy"] == policy and r["mode"] == "sampled" for r in records) for policy in ("sft", "rlhf")}
     for flaw, before, after in util.flaw_table(records)[:-1]:
-        print(f"{flaw:>9}: {before:6.1%} -> {after:6.1%}  {util.verdict.share_trend(before, after, n['sft'], n['rlhf'])}")
+        trend = util.verdict.word(util.verdict.share_trend(before, after, n['sft'], n['rlhf']))
+        print(f"{util.verdict.labelled(flaw):>16}: {before:6.1%} -> {after:6.1%}  {trend.en} ({trend.zh})")
     found, both = util.wrong_above_clean(records)
     print(f"\nthe reward model scores a wrong answer above a clean one on {len(found)} of the {both} prompts "
           "that have both" + ("; the widest gaps:" if found else "."))
@@ -175,10 +177,14 @@ if judge is not None:
         gaps = util.per_prompt_differences(records + demonstrations, "gold", a=name, b="demonstrator")
         mean_gap, low, high = util.bootstrap_interval(gaps, seed=cfg.seed)
         readings[name] = util.verdict.interval_reading(low, high)
-        print(util.verdict.difference_line(f"{name.upper()} sampled minus the demonstrations", mean_gap, low, high, len(gaps)))
-    print({"higher": "RLHF's sampled answers went past the demonstrator's level.",
-           "lower": "RLHF's sampled answers are still below the demonstrator's level: the headroom is not closed.",
-           "no clear difference": "RLHF's sampled answers are back at the demonstrator's level."}[readings["rlhf"]])
+        label = util.verdict.Text(f"{name.upper()} sampled minus the demonstrations", f"{name.upper()} 采样回答减示范回答")
+        print(util.verdict.difference_line(label, mean_gap, low, high, len(gaps)))
+    print({"higher": util.verdict.Text("RLHF's sampled answers went past the demonstrator's level.",
+                                       "RLHF 的采样回答超过了示范者的水平。"),
+           "lower": util.verdict.Text("RLHF's sampled answers are still below the demonstrator's level: the headroom is not closed.",
+                                      "RLHF 的采样回答仍低于示范者的水平：提升空间还没有补上。"),
+           "no clear difference": util.verdict.Text("RLHF's sampled answers are back at the demonstrator's level.",
+                                                    "RLHF 的采样回答回到了示范者的水平。")}[readings["rlhf"]])
     wrong_share = lambda rows: sum("wrong" in util.gold_flaws(r["prompt"], r["response"], r.get("ended", True))
                                    for r in rows) / len(rows)
     shares = {"demonstrations": wrong_share(demonstrations),
@@ -219,7 +225,7 @@ for prompt in changed[:6]:
 # Along PPO training, the reward model's score and the gold score of the sampled answers. When
 # both rise together, the reward model was a good proxy; a score rising alone is reward hacking.
 #
-# > **策略学会的是任务，还是只学会了讨好奖励模型？** PPO 训练过程中采样回答的奖励模型分数和 gold 分数。两者一起上升，说明奖励模型是个好的代理指标；只有奖励分数上升就是 reward hacking（奖励作弊）。
+# > **策略学会的是任务，还是只学会了讨好奖励模型？** PPO 训练过程中采样回答的奖励模型分数和 gold 分数。两者一起上升，说明奖励模型是个好的代理指标；只有奖励分数上升就是 reward hacking（奖励作弊）。图：横轴是 PPO 迭代次数，左纵轴（蓝线）是奖励模型分数，右纵轴（橙线）是 gold 分数。
 
 # %%
 history = util.read_json(f"{rlhf_dir}/metrics.json")["history"]

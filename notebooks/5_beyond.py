@@ -140,7 +140,8 @@ print(inspect.getsource(beyond_loop.dpo_step))
 models = util.load_policy_models(actor_dir, critic_dir, ppo_cfg)
 dpo_actor, dpo_history = beyond_loop.train_dpo(models, tokenizer, pairs, ppo_cfg, cfg)
 frame = pd.DataFrame(dpo_history).set_index("step")
-display(frame.iloc[::max(1, len(frame) // 8)][["loss", "accuracy", "margin", "chosen_reward", "rejected_reward"]].round(4))
+display(frame.iloc[::max(1, len(frame) // 8)][["loss", "accuracy", "margin", "chosen_reward", "rejected_reward"]].round(4)
+        .rename(columns=util.verdict.labelled))
 implicit = beyond_loop.implicit_rewards(dpo_actor, models[1], held_out, tokenizer.pad_token_id, cfg, ppo_cfg.temperature)
 print("held-out implicit reward:", {k: round(v, 3) for k, v in implicit.items()})
 
@@ -159,7 +160,7 @@ rloo_actor, rloo_history = beyond_loop.train_online("rloo", models, tokenizer, p
                                                     judge=judge, prompt_texts=prompt_texts)
 KEYS = ["score", "gold", "kl", "response_length", "loss", "tokens_used"]
 frame = pd.DataFrame(rloo_history).set_index("iteration")
-display(frame.iloc[::max(1, len(frame) // 8)][KEYS].round(4))
+display(frame.iloc[::max(1, len(frame) // 8)][KEYS].round(4).rename(columns=util.verdict.labelled))
 
 # %% [markdown]
 # ## Part 5 · GRPO
@@ -175,7 +176,8 @@ models = util.load_policy_models(actor_dir, critic_dir, ppo_cfg)
 grpo_actor, grpo_history = beyond_loop.train_online("grpo", models, tokenizer, prompt_ids, ppo_cfg, budget_cfg,
                                                     judge=judge, prompt_texts=prompt_texts)
 frame = pd.DataFrame(grpo_history).set_index("iteration")
-display(frame.iloc[::max(1, len(frame) // 8)][KEYS + ["ratio_mean", "clipfrac", "kl_k3"]].round(4))
+display(frame.iloc[::max(1, len(frame) // 8)][KEYS + ["ratio_mean", "clipfrac", "kl_k3"]].round(4)
+        .rename(columns=util.verdict.labelled))
 
 # %%
 for name, actor in (("dpo", dpo_actor), ("rloo", rloo_actor), ("grpo", grpo_actor)):
@@ -207,8 +209,8 @@ results = [{"algorithm": name, "seed": 0, "generated_tokens": tokens.get(name),
 rows = scoreboard.board(results)
 table = pd.DataFrame({name: {key: row[key][0] for key in scoreboard.FIGURES + ("generated_tokens",)}
                       for name, row in rows.items()}).T
-display(table.round(3))
-display(pd.DataFrame({name: row["flaws"] for name, row in rows.items()}).T.round(2))
+display(table.round(3).rename(columns=util.verdict.labelled))
+display(pd.DataFrame({name: row["flaws"] for name, row in rows.items()}).T.round(2).rename(columns=util.verdict.labelled))
 
 # %% [markdown]
 # ## Part 7 · Along training: gold and the proxy against KL
@@ -218,7 +220,7 @@ display(pd.DataFrame({name: row["flaws"] for name, row in rows.items()}).T.round
 # rising where gold has stopped or turned down: the over-optimisation of Gao et al. (2022).
 # `make curve` runs PPO at several KL coefficients for the full picture.
 #
-# > **第七部分 · 沿训练过程：gold 与代理分数随 KL 的变化。** PPO、RLOO 和 GRPO 的每次迭代都记录了采样回答（训练提示词）的 gold 分数、奖励模型分数以及相对 SFT 的 KL。以 KL 为横轴（5 次迭代的滑动平均），如果优化器在糊弄奖励模型，就会看到代理分数还在上升，而 gold 已经停下甚至下降：这就是 Gao 等人（2022）描述的过度优化。`make curve` 会用多个 KL 系数跑 PPO，得到完整的图景。
+# > **第七部分 · 沿训练过程：gold 与代理分数随 KL 的变化。** PPO、RLOO 和 GRPO 的每次迭代都记录了采样回答（训练提示词）的 gold 分数、奖励模型分数以及相对 SFT 的 KL。以 KL 为横轴（5 次迭代的滑动平均），如果优化器在糊弄奖励模型，就会看到代理分数还在上升，而 gold 已经停下甚至下降：这就是 Gao 等人（2022）描述的过度优化。`make curve` 会用多个 KL 系数跑 PPO，得到完整的图景。图：两幅图的横轴都是相对 SFT 的 KL 散度（每条回答的 nat 数），左图纵轴是 gold 分数，右图纵轴是奖励模型分数（代理分数）；每条线是一种算法（ppo、rloo、grpo）。
 
 # %%
 import matplotlib.pyplot as plt
@@ -234,7 +236,8 @@ for ax, title in zip(axes, ("gold", "reward-model score")):
 axes[0].legend(); plt.tight_layout(); plt.show()
 display(pd.DataFrame({name: {"gold peak": c["gold_peak"]["gold"], "at KL": c["gold_peak"]["kl"],
                              "at iteration": c["gold_peak"]["iteration"], "gold drop after peak": c["gold_drop_after_peak"],
-                             "RM rise after peak": c["rm_rise_after_peak"]} for name, c in curves.items()}).T.round(3))
+                             "RM rise after peak": c["rm_rise_after_peak"]} for name, c in curves.items()}).T.round(3)
+        .rename(columns=util.verdict.labelled))
 
 # %% [markdown]
 # ## Verdict
@@ -245,11 +248,5 @@ display(pd.DataFrame({name: {"gold peak": c["gold_peak"]["gold"], "at KL": c["go
 # > **结论。** 由上面的数字计算得出：哪个优化器在 gold 上胜出、领先多少；哪个提高了奖励模型分数而 gold 下降了（奖励被钻空子）；以及沿训练过程 gold 是否在代理分数继续上升时转而下降。一个随机种子说明不了太多：README 的成绩表用了三个。
 
 # %%
-for line in scoreboard.verdict(rows):
-    print("-", line)
-for name, c in curves.items():
-    turned = c["gold_drop_after_peak"] > 0.02 and c["rm_rise_after_peak"] > 0
-    print(f"- {name}: gold peaked at {c['gold_peak']['gold']:.3f} (KL {c['gold_peak']['kl']:.2f}, iteration "
-          f"{c['gold_peak']['iteration']}), then " + (f"fell {c['gold_drop_after_peak']:.3f} while the reward model's "
-          f"score rose {c['rm_rise_after_peak']:+.3f}: over-optimisation" if turned else
-          f"fell {c['gold_drop_after_peak']:.3f} (RM {c['rm_rise_after_peak']:+.3f}): no clear turn-down within this budget"))
+lines = scoreboard.verdict(rows) + [scoreboard.curve_verdict(name, c) for name, c in curves.items()]
+print(util.verdict.join(lines, bullet="- "))

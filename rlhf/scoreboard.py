@@ -8,6 +8,7 @@ import math
 
 from .evaluate import win_rate
 from .tasks import FLAW_NAMES, gold_flaws
+from .verdict import Text, render, word
 
 ALGORITHMS = ("ppo", "dpo", "rloo", "grpo")
 FIGURES = ("gold", "rm_score", "kl", "length", "ended", "win_rate_gold", "win_rate_rm")
@@ -71,40 +72,71 @@ def board(results) -> dict:
     return rows
 
 
-def verdict(rows) -> list[str]:
+SENTENCES = {  # key: (English, Chinese), as in rlhf/verdict.py
+    "best": ("best on gold: {best} ({gold}), {over_sft:+.3f} over SFT{next}",
+             "gold 最高：{best}（{gold}），相对 SFT {over_sft:+.3f}{next}"),
+    "over next": (", {over_next:+.3f} over the next, {name}", "，相对第二名 {name} {over_next:+.3f}"),
+    "apart": ("its interval and the next one's do not overlap", "它的区间与第二名的区间不重叠"),
+    "overlap": ("its interval and the next one's overlap (or there is one seed): the lead is within the noise",
+                "它的区间与第二名的区间重叠（或只有一个随机种子）：领先在噪声之内"),
+    "hacks": ("{name} hacks the reward model: score {rm:+.2f} over SFT, gold {gold:+.3f}; {flaw}",
+              "{name} 在钻奖励模型的空子：奖励模型分数相对 SFT {rm:+.2f}，gold {gold:+.3f}；{flaw}"),
+    "no flaw grew": ("no flaw the gold judge names grew", "gold judge 列出的缺陷没有一项增加"),
+    "grown flaw": ("its most grown flaw: {flaw} ({before:.0%} -> {after:.0%})",
+                   "增加最多的缺陷：{flaw}（{before:.0%} -> {after:.0%}）"),
+    "interval": ("{mean:.3f} ± {half:.3f}", "{mean:.3f} ± {half:.3f}"),
+    "one seed": ("{mean:.3f}, one seed", "{mean:.3f}，只有一个随机种子"),
+    "curve": ("{name}: gold peaked at {gold:.3f} (KL {kl:.2f}, iteration {iteration}), then fell {drop:.3f} {then}",
+              "{name}：gold 在 {gold:.3f} 达到峰值（KL {kl:.2f}，第 {iteration} 次迭代），之后下降 {drop:.3f}{then}"),
+    "turned down": ("while the reward model's score rose {rise:+.3f}: over-optimisation",
+                    "，而奖励模型分数变化 {rise:+.3f}：过度优化"),
+    "no turn": ("(RM {rise:+.3f}): no clear turn-down within this budget",
+                "（奖励模型分数 {rise:+.3f}）：在这个预算内没有明显的掉头"),
+}
+TURN_DOWN = 0.02  # gold falling more than this after its peak, with the proxy rising, is over-optimisation
+
+
+def verdict(rows) -> list[Text]:
     """Which wins on gold and by how much; where the reward model's score rose and gold did not."""
     trained = {k: v for k, v in rows.items() if k != "sft"}
     ranked = sorted(trained, key=lambda k: -trained[k]["gold"][0])
-    best, lines = ranked[0], []
+    best = ranked[0]
     gap = lambda a, b: rows[a]["gold"][0] - rows[b]["gold"][0]
-    lines.append(f"best on gold: {best} ({plus_minus(rows[best]['gold'])}), "
-                 f"{gap(best, 'sft'):+.3f} over SFT" + (f", {gap(best, ranked[1]):+.3f} over the next, "
-                 f"{ranked[1]}" if len(ranked) > 1 else ""))
+    after = render(SENTENCES["over next"], over_next=gap(best, ranked[1]), name=ranked[1]) if len(ranked) > 1 \
+        else Text("", "")
+    lines = [render(SENTENCES["best"], best=best, gold=plus_minus(rows[best]["gold"]), over_sft=gap(best, "sft"),
+                    next=after)]
     if len(ranked) > 1:
         (m1, h1), (m2, h2) = rows[best]["gold"], rows[ranked[1]]["gold"]
         apart = math.isfinite(h1) and math.isfinite(h2) and m1 - h1 > m2 + h2
-        lines.append("its interval and the next one's " + ("do not overlap" if apart else
-                     "overlap (or there is one seed): the lead is within the noise"))
+        lines.append(render(SENTENCES["apart" if apart else "overlap"]))
     for name in ranked:
         d_rm, d_gold = rows[name]["rm_score"][0] - rows["sft"]["rm_score"][0], gap(name, "sft")
         if d_rm > 0 and d_gold < 0:
-            lines.append(f"{name} hacks the reward model: score {d_rm:+.2f} over SFT, gold {d_gold:+.3f}; "
-                         + grown_flaw(rows, name))
+            lines.append(render(SENTENCES["hacks"], name=name, rm=d_rm, gold=d_gold, flaw=grown_flaw(rows, name)))
     return lines
 
 
-def plus_minus(mean_half) -> str:
+def plus_minus(mean_half) -> Text:
     mean, half = mean_half
-    return f"{mean:.3f} ± {half:.3f}" if math.isfinite(half) else f"{mean:.3f}, one seed"
+    return render(SENTENCES["interval" if math.isfinite(half) else "one seed"], mean=mean, half=half)
 
 
-def grown_flaw(rows, name) -> str:
+def grown_flaw(rows, name) -> Text:
     """The flaw whose share grew most from SFT to `name`, in words."""
     growth = {k: rows[name]["flaws"][k] - rows["sft"]["flaws"][k] for k in rows[name]["flaws"] if k != "clean"}
     flaw = max(growth, key=growth.get)
     if growth[flaw] <= 0:
-        return "no flaw the gold judge names grew"
-    return f"its most grown flaw: {flaw} ({rows['sft']['flaws'][flaw]:.0%} -> {rows[name]['flaws'][flaw]:.0%})"
+        return render(SENTENCES["no flaw grew"])
+    return render(SENTENCES["grown flaw"], flaw=word(flaw), before=rows["sft"]["flaws"][flaw], after=rows[name]["flaws"][flaw])
+
+
+def curve_verdict(name, curve) -> Text:
+    """Whether gold turned down along training while the proxy kept rising (curve: curve_summary)."""
+    peak, drop, rise = curve["gold_peak"], curve["gold_drop_after_peak"], curve["rm_rise_after_peak"]
+    then = render(SENTENCES["turned down" if drop > TURN_DOWN and rise > 0 else "no turn"], rise=rise)
+    return render(SENTENCES["curve"], name=name, gold=peak["gold"], kl=peak["kl"], iteration=peak["iteration"],
+                  drop=drop, then=then)
 
 
 def markdown(rows, lines, header) -> str:
@@ -120,7 +152,7 @@ def markdown(rows, lines, header) -> str:
     out += ["", "Share of sampled answers with each flaw the gold judge names (all seeds):", "",
             "| | " + " | ".join(flaws) + " |", "|---" * (len(flaws) + 1) + "|"]
     out += [f"| {name.upper()} | " + " | ".join(f"{row['flaws'][f]:.0%}" for f in flaws) + " |" for name, row in rows.items()]
-    return "\n".join(out + [""] + [f"- {line}" for line in lines]) + "\n"
+    return "\n".join(out + [""] + [f"- {line.en}" for line in lines] + [""] + [f"> - {line.zh}" for line in lines]) + "\n"
 
 
 # ----------------------------------------------------------------------------- the over-optimisation curve

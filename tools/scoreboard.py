@@ -200,7 +200,8 @@ def write_scoreboard(results, args, preset) -> None:
     (args.out / "scoreboard.md").write_text(markdown(rows, lines, header))
     slim = [{k: v for k, v in r.items() if k != "records"} for r in results]
     (args.out / "scoreboard.json").write_text(json.dumps({"command": sys.argv, "preset": preset, "rows": rows,
-                                                          "verdict": lines, "runs": slim}, indent=1) + "\n")
+                                                          "verdict": [line.en for line in lines],
+                                                          "verdict_zh": [line.zh for line in lines], "runs": slim}, indent=1) + "\n")
 
 
 def run_curve(base, args, preset):
