@@ -12,7 +12,7 @@ from .data import collate_prompts, encode_prompts
 NO_PROCESSORS = dict(
     top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
     repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
-    encoder_no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, suppress_tokens=[],
+    encoder_no_repeat_ngram_size=0, min_length=0, suppress_tokens=[],
     begin_suppress_tokens=[], guidance_scale=1.0, renormalize_logits=False, remove_invalid_values=False,
     num_beams=1, num_return_sequences=1)
 # the processors that only None switches off: a model that sets one cannot sample from pi / T
@@ -50,7 +50,10 @@ def sampling_config(model, tokenizer, max_new_tokens: int, do_sample: bool, temp
                          "the policy; set them to None in model.generation_config")
     return GenerationConfig(do_sample=do_sample, temperature=temperature if do_sample else 1.0,
                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id, **NO_PROCESSORS)
+                            eos_token_id=tokenizer.eos_token_id, **NO_PROCESSORS,
+                            # 0 overrides a model's min_new_tokens; None (off too) where it sets none, since
+                            # transformers warns on every call that a non-None one clashes with min_length
+                            min_new_tokens=0 if own.min_new_tokens else None)
 
 
 def decode_responses(responses, tokenizer):

@@ -3,6 +3,8 @@ run in float32 under bf16 autocast (not rounded to bf16's grid, 1/32 between 4 a
 reward model's scores lie); generate samples from exactly pi / T whatever the model's own
 generation_config says; and the critic starts in the units of the normalised score."""
 import json
+import logging
+from unittest import mock
 
 import pytest
 import torch
@@ -61,7 +63,7 @@ def polluted(actor):
     logits scaled up (a random model's are nearly uniform, where those settings change little)."""
     actor.lm_head.register_forward_hook(lambda module, inputs, out: out * 30)
     actor.generation_config.update(repetition_penalty=5.0, no_repeat_ngram_size=2, top_k=2, top_p=0.5,
-                                   min_p=0.3, do_sample=True)
+                                   min_p=0.3, min_new_tokens=8, do_sample=True)
     return actor
 
 
@@ -90,6 +92,14 @@ def test_generate_samples_from_pi_over_t_whatever_the_model_config_says(tiny_tok
     theirs = actor.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=R,
                             temperature=T, pad_token_id=pad, eos_token_id=eos)[:, ids.shape[1]:]
     assert not torch.equal(theirs, reference[:, :theirs.shape[1]])  # the model's own config reshapes
+
+
+def test_generate_with_a_plain_model_config_logs_no_length_clash(tiny_tokenizer):
+    actor = make_models(tiny_tokenizer)[0]                   # generation_config: min_length 0, no min_new_tokens
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with mock.patch.object(logging.getLogger("transformers.generation.utils"), "warning") as warning:
+        generate(actor, ids, torch.ones_like(ids), tiny_tokenizer, 4, True, 1.0)
+    assert not [c for c in warning.call_args_list if "min_new_tokens" in str(c)]
 
 
 def test_generate_refuses_a_processor_only_none_switches_off(tiny_tokenizer):
