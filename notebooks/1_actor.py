@@ -41,11 +41,13 @@ preset, data_cfg, cfg = util.start("actor", PRESET, DATA, show=("lr", "batch_siz
 # ## Data: the actor's share of the training rows
 # The training rows are split once, deterministically, between the three stages in the ratio
 # `data_cfg.split` (actor : critic : rlhf), so the reward model and PPO see prompts the actor never
-# trained on. The default is the original's 2:4:4; the small presets give the actor the largest
-# share (5:3:2), since a model trained from scratch needs more demonstrations to learn the format.
+# trained on. The default is the original's 2:4:4; the offline presets (`tiny` and
+# `smollm2-135m`) give the actor the largest share (5:3:2), since a model trained from scratch
+# needs more demonstrations to learn the format; the real model keeps the same split so that its
+# figures compare with the tiny model's.
 # The line below prints the rows each stage got.
 #
-# > **数据：actor 分到的训练行。** 训练数据按 `data_cfg.split`（actor : critic : rlhf）的比例一次性、确定性地分给三个阶段，因此奖励模型和 PPO 看到的提示词是 actor 训练时没见过的。默认是原项目的 2:4:4；小预设给 actor 最大的份额（5:3:2），因为从零训练的模型需要更多示范才能学会格式。下面一行打印每个阶段分到的行数。
+# > **数据：actor 分到的训练行。** 训练数据按 `data_cfg.split`（actor : critic : rlhf）的比例一次性、确定性地分给三个阶段，因此奖励模型和 PPO 看到的提示词是 actor 训练时没见过的。默认是原项目的 2:4:4；离线预设（`tiny` 和 `smollm2-135m`）给 actor 最大的份额（5:3:2），因为从零训练的模型需要更多示范才能学会格式；真实模型沿用同样的比例，以便和 tiny 模型的结果对比。下面一行打印每个阶段分到的行数。
 
 # %%
 base_dir = util.require_checkpoint(util.stage_dir("base"), "base")
