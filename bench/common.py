@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3   # special ids of the benchmark vocabulary; real tokens are >= 4
+SPECIAL_TEXT = {PAD: "<pad>", BOS: "<s>", EOS: "</s>", UNK: "<unk>"}  # their text; a real token i is "t{i}"
 MARK = "BENCH "                   # a worker's result line starts with this
 
 # Model shapes with random weights, built offline from a config: `family` picks the classes
@@ -45,18 +46,25 @@ FAMILIES = {
 @dataclass(frozen=True)
 class Settings:
     """One measurement: the same on both sides. Every field is stated in the README."""
-    task: str                  # "sft", "rm" or "ppo"
+    task: str                  # "sft", "rm", "ppo", "dpo", "rloo" or "grpo"
     shape: str                 # a key of SHAPES
     precision: str = "fp32"    # "fp32", "bf16" (bf16 autocast on both sides) or "default" (each side's own)
     warmup: int = 1            # steps (iterations for PPO) run first and not timed
     steps: int = 3             # timed steps (iterations)
     seed: int = 0              # weights, data and sampling
     lr: float = 1e-5           # AdamW learning rate on both sides (PPO: actor and critic alike)
-    batch: int = 8             # SFT sequences / RM pairs per optimiser step
-    seq_len: int = 128         # SFT and RM sequence length (every row exactly this long)
-    prompts: int = 16          # PPO prompts per iteration (one minibatch: all of them)
-    prompt_len: int = 32       # longest PPO prompt; the others are 1..prompts-1 shorter (left padding)
-    new_tokens: int = 32       # PPO response length, exactly: EOS is suppressed
+    batch: int = 8             # SFT sequences / RM and DPO pairs per optimiser step
+    seq_len: int = 128         # SFT, RM and DPO sequence length (every row exactly this long)
+    prompts: int = 16          # PPO prompts per iteration (one minibatch: all of them); RLOO/GRPO: answers per
+                               # iteration, prompts / samples prompts answered `samples` times each (one minibatch)
+    prompt_len: int = 32       # longest PPO prompt, the others 1..prompts-1 shorter (left padding); every RLOO/GRPO
+                               # and DPO prompt is exactly this long
+    new_tokens: int = 32       # PPO, RLOO and GRPO response length, exactly: EOS is suppressed
+    samples: int = 4           # RLOO/GRPO answers per prompt (BeyondConfig.rloo_k, grpo_group; TRL's num_generations)
+    dpo_beta: float = 0.1      # DPO's beta (BeyondConfig.dpo_beta; TRL's DPOConfig.beta)
+    rloo_kl_coef: float = 0.05 # RLOO's KL penalty per answer (BeyondConfig.rloo_kl_coef; TRL's RLOOConfig.beta)
+    grpo_kl_coef: float = 0.04 # GRPO's k3 KL term (BeyondConfig.grpo_kl_coef; TRL's GRPOConfig.beta, whose default is 0)
+    grpo_epochs: int = 4       # GRPO passes over each iteration's answers (BeyondConfig.grpo_epochs; TRL's num_iterations)
     ppo_epochs: int = 4        # PPO passes over each rollout
     temperature: float = 1.0   # PPO sampling temperature
     lora_rank: int = 0         # PPO only: > 0 each side's LoRA option at this rank (rlhf.models.lora_config): ours on the
@@ -82,12 +90,17 @@ def make_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": UNK}
+    vocab = {text: i for i, text in SPECIAL_TEXT.items()}
     vocab.update({f"t{i}": i for i in range(4, vocab_size)})
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>", unk_token="<unk>")
+
+
+def ids_text(ids: list[int]) -> str:
+    """The text make_tokenizer's tokenizer encodes back to exactly `ids` (for trainers that take text)."""
+    return " ".join(SPECIAL_TEXT.get(i, f"t{i}") for i in ids)
 
 
 def model_class(shape: str, kind: str):
@@ -127,11 +140,15 @@ def suppress_eos(model, penalty: float = 1e4):
     return model
 
 
+def policy_models(shape: str, seed: int):
+    """(actor, reward): the actor that cannot emit EOS and the reward model, for PPO, RLOO and GRPO."""
+    return suppress_eos(causal_lm(shape, seed)), scalar_head_model(shape, seed + 1)
+
+
 def ppo_models(shape: str, seed: int):
     """(actor, reference, reward, critic): four distinct objects; reference = copy of actor,
     critic = copy of reward, as both the project and TRL initialise them."""
-    actor = suppress_eos(causal_lm(shape, seed))
-    reward = scalar_head_model(shape, seed + 1)
+    actor, reward = policy_models(shape, seed)
     return actor, copy.deepcopy(actor), reward, copy.deepcopy(reward)
 
 
@@ -150,6 +167,23 @@ def pair_rows(st: Settings, n_steps: int) -> list[tuple[list[int], list[int]]]:
     chosen = random_ids(n, st.seq_len, vocab, st.seed + 20)
     rejected = random_ids(n, st.seq_len, vocab, st.seed + 21)
     return list(zip(chosen, rejected))
+
+
+def dpo_rows(st: Settings, n_steps: int) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt, chosen, rejected) id lists: bos + prompt_len - 1 random ids, then two answers of
+    seq_len - prompt_len ids, each ending in EOS, so every prompt + answer row is seq_len long."""
+    vocab, n, answer = SHAPES[st.shape]["vocab_size"], n_steps * st.batch, st.seq_len - st.prompt_len
+    prompts = random_ids(n, st.prompt_len - 1, vocab, st.seed + 40)
+    chosen = random_ids(n, answer - 1, vocab, st.seed + 41)
+    rejected = random_ids(n, answer - 1, vocab, st.seed + 42)
+    return [([BOS] + p, c + [EOS], r + [EOS]) for p, c, r in zip(prompts, chosen, rejected)]
+
+
+def group_prompts(st: Settings, n_iterations: int) -> list[list[int]]:
+    """RLOO/GRPO prompts, prompts / samples per iteration, each used once: bos + random ids, all
+    exactly prompt_len long (so each side's padded width is the same whichever prompts it draws)."""
+    n = n_iterations * (st.prompts // st.samples)
+    return [[BOS] + row for row in random_ids(n, st.prompt_len - 1, SHAPES[st.shape]["vocab_size"], st.seed + 50)]
 
 
 def ppo_prompts(st: Settings) -> list[list[int]]:

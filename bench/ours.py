@@ -3,22 +3,24 @@
     python bench/ours.py --settings '{"task": "sft", "shape": "tiny", ...}'
 
 Runs the project's own training functions unchanged: rlhf.train.fit with rlhf.sft.sft_loss_fn /
-rlhf.reward.reward_loss_fn and the rlhf.data collate functions, and rlhf.ppo_loop.train_ppo.
-Nothing in them is patched. A step's time is read from where the project's functions call back into
-the benchmark: an SFT/RM step runs from one call of `collate` (each optimiser step collates its
-batch first) to the next, the last one to fit's end-of-epoch `evaluate` call; a PPO iteration
-ends at train_ppo's `log.record`.
+rlhf.reward.reward_loss_fn and the rlhf.data collate functions, rlhf.ppo_loop.train_ppo, and
+rlhf.beyond_loop.train_dpo / train_online ("rloo", "grpo"). Nothing in them is patched. A step's
+time is read from where the project's functions call back into the benchmark: an SFT/RM step runs
+from one call of `collate` (each optimiser step collates its batch first) to the next, the last
+one to fit's end-of-epoch `evaluate` call; a PPO, RLOO or GRPO iteration and a DPO step end at
+the loop's `log.record`.
 """
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, for `rlhf`
 
-from common import (PAD, StepClock, causal_lm, emit, make_tokenizer,  # noqa: E402
-                    matmul_params, pair_rows, parse_settings, ppo_models, ppo_prompts, scalar_head_model,
-                    sft_rows, SHAPES)
+from common import (PAD, StepClock, causal_lm, dpo_rows, emit, group_prompts,  # noqa: E402
+                    make_tokenizer, matmul_params, pair_rows, parse_settings, policy_models, ppo_models,
+                    ppo_prompts, scalar_head_model, sft_rows, SHAPES)
 
 from rlhf.models import lora_config  # noqa: E402  (the project's adapters, on both sides)
 
@@ -120,6 +122,56 @@ def bench_ppo(st):
     emit(st, SIDE, log.clock, params, phases=phases, response_length=lengths)
 
 
+def beyond_configs(st, **ppo_fields):
+    """(PPOConfig, BeyondConfig) at the benchmark's settings: the sampling and precision fields
+    DPO, RLOO and GRPO read from PPOConfig, their own from BeyondConfig, lr st.lr for each."""
+    from rlhf.config import make_config
+
+    n = st.warmup + st.steps
+    ppo_cfg = make_config("ppo", "opt-125m", iterations=n, temperature=st.temperature,
+                          mixed_precision=MIXED[st.precision], seed=st.seed, **ppo_fields)
+    cfg = make_config("beyond", "opt-125m", dpo_beta=st.dpo_beta, dpo_lr=st.lr, dpo_steps=n,
+                      rloo_k=st.samples, rloo_lr=st.lr, rloo_kl_coef=st.rloo_kl_coef,
+                      grpo_group=st.samples, grpo_lr=st.lr, grpo_kl_coef=st.grpo_kl_coef,
+                      grpo_epochs=st.grpo_epochs, iterations=n, seed=st.seed)
+    return ppo_cfg, cfg
+
+
+def bench_dpo(st):
+    from rlhf.beyond_loop import train_dpo
+
+    # one step: minibatch / 2 pairs (each pair's chosen and rejected rows together)
+    ppo_cfg, cfg = beyond_configs(st, rollout_batch=2 * st.batch, minibatch=2 * st.batch)
+    pairs = [dict(chosen_ids=p + c, rejected_ids=p + r, prompt_length=len(p)) for p, c, r in
+             dpo_rows(st, st.warmup + st.steps)]
+    actor = causal_lm(st.shape, st.seed)
+    models = (actor, copy.deepcopy(actor))
+    log = IterationLog()
+    log.clock.start()
+    train_dpo(models, make_tokenizer(SHAPES[st.shape]["vocab_size"]), pairs, ppo_cfg, cfg, log=log)
+    emit(st, SIDE, log.clock, {"model": matmul_params(actor)}, pairs_per_step=st.batch)
+
+
+def bench_online(st):
+    """RLOO or GRPO (st.task): prompts / samples prompts an iteration, each answered `samples`
+    times, all answers one minibatch; no EOS penalty (TRL's RLOO and GRPO have none)."""
+    from rlhf.beyond_loop import train_online
+    from rlhf.models import disable_dropout
+
+    ppo_cfg, cfg = beyond_configs(st, rollout_batch=st.prompts, minibatch=st.prompts,
+                                  max_new_tokens=st.new_tokens, missing_eos_penalty=0.0)
+    actor, reward = (disable_dropout(m) for m in policy_models(st.shape, st.seed))
+    models = (actor, copy.deepcopy(actor), reward)
+    params = dict(zip(("actor", "reference", "reward"), map(matmul_params, models)))
+    log = IterationLog()
+    log.clock.start()
+    train_online(st.task, models, make_tokenizer(SHAPES[st.shape]["vocab_size"]),
+                 group_prompts(st, st.warmup + st.steps), ppo_cfg, cfg, log=log, progress=False)
+    lengths = [r["response_length"] for r in log.records[st.warmup:]]
+    emit(st, SIDE, log.clock, params, response_length=lengths)
+
+
 if __name__ == "__main__":
     settings = parse_settings()
-    {"sft": bench_sft, "rm": bench_rm, "ppo": bench_ppo}[settings.task](settings)
+    {"sft": bench_sft, "rm": bench_rm, "ppo": bench_ppo, "dpo": bench_dpo, "rloo": bench_online,
+     "grpo": bench_online}[settings.task](settings)

@@ -1,6 +1,7 @@
 """Benchmark this project against TRL on the same machine, at the same settings.
 
-    python bench/run.py [--shapes tiny opt-125m smollm2-135m] [--tasks sft rm ppo] [--precision fp32 bf16 default]
+    python bench/run.py [--shapes tiny opt-125m smollm2-135m] [--tasks sft rm ppo ppo_lora dpo rloo grpo]
+                        [--precision fp32 bf16 default]
                         [--runs 3] [--retries 2] [--min-busy 0.85] [--quiet-wait 0]
                         [--out bench/results/latest.jsonl]
 
@@ -34,9 +35,14 @@ TRL_PPO_PATH = TRL_VENV / "trl-ppo"  # trl 1.12, the last with PPOTrainer (setup
 # bf16 step of TRL's SFT is ~40% slower than the next) and two timed, and its PPO iteration is
 # timed cold (no warm-up iteration), to keep the run short.
 # The smollm2-135m shape (not in the default run) is about as heavy and gets the same counts.
-STEPS = {("tiny", "sft"): (2, 5), ("tiny", "rm"): (2, 5), ("tiny", "ppo"): (1, 2)}
+# DPO steps are counted like RM steps; RLOO and GRPO iterations like PPO's, except that on the big
+# shapes one warm-up iteration comes first (an RLOO iteration, one pass and no critic, costs a
+# fraction of PPO's; GRPO's four passes train the actor only).
+STEPS = {("tiny", "sft"): (2, 5), ("tiny", "rm"): (2, 5), ("tiny", "ppo"): (1, 2),
+         ("tiny", "dpo"): (2, 5), ("tiny", "rloo"): (1, 2), ("tiny", "grpo"): (1, 2)}
 for big in ("opt-125m", "smollm2-135m"):
-    STEPS.update({(big, "sft"): (2, 2), (big, "rm"): (2, 2), (big, "ppo"): (0, 1)})
+    STEPS.update({(big, "sft"): (2, 2), (big, "rm"): (2, 2), (big, "ppo"): (0, 1),
+                  (big, "dpo"): (2, 2), (big, "rloo"): (1, 2), (big, "grpo"): (1, 1)})
 STEPS.update({(shape, "ppo_lora"): STEPS[shape, "ppo"] for shape in {shape for shape, _ in STEPS}})
 # glibc's malloc told to keep freed memory (what rlhf.runtime.keep_freed_cpu_memory does inside
 # the project's processes), given to TRL's processes too in the same-settings modes (fp32, bf16)
@@ -47,6 +53,7 @@ TARGETS = {"sft_tokens_per_s": 2.0, "rm_pairs_per_s": 2.0, "ppo_s_per_iteration"
            "ppo_peak_rss_mib": 1.0, "ppo_lora_vs_trl_full_peak_rss_mib": 1 / 0.6}
 # (on the "ours vs TRL" scale: >= this is met)
 LORA_RANK = 16  # the ppo_lora task: LoRA adapters of this rank on the actor, on both sides
+TASKS = ["sft", "rm", "ppo", "ppo_lora", "dpo", "rloo", "grpo"]  # all run by default
 
 
 def worker(side: str, st: Settings, python_ours: str, timeout: int) -> dict:
@@ -83,9 +90,27 @@ def ppo_flops(params: dict, st: Settings) -> dict:
             "train": st.ppo_epochs * 6 * (params["actor"] + params["critic"]) * tokens}
 
 
+def online_flops(params: dict, st: Settings) -> float:
+    """FLOPs of one RLOO or GRPO iteration's necessary work on its N = prompts answers over the
+    padded width T = prompt_len + new_tokens: sampling 2·actor·N·T, scoring with the reference and
+    the reward model 2·(reference + reward)·N·T (the actor's logprobs can come from sampling),
+    training 6·actor·N·T per pass (GRPO: grpo_epochs passes, RLOO: one)."""
+    tokens, passes = st.prompts * (st.prompt_len + st.new_tokens), st.grpo_epochs if st.task == "grpo" else 1
+    return (2 * params["actor"] + 2 * (params["reference"] + params["reward"])
+            + passes * 6 * params["actor"]) * tokens
+
+
 def run_figures(line: dict) -> dict:
     """The figures of one run: {name: (value, flops per unit or None)}."""
     st, secs = Settings(**line["settings"]), line["step_seconds"]
+    if st.task == "dpo":  # per pair: the policy trains on 2 rows, the reference reads them
+        pairs = line["pairs_per_step"] * len(secs)
+        per_pair = (6 + 2) * line["params"]["model"] * 2 * st.seq_len
+        return {"dpo_pairs_per_s": (pairs / sum(secs), per_pair),
+                "dpo_peak_rss_mib": (line["peak_rss_mib"], None)}
+    if st.task in ("rloo", "grpo"):
+        return {f"{st.task}_s_per_iteration": (statistics.mean(secs), online_flops(line["params"], st)),
+                f"{st.task}_peak_rss_mib": (line["peak_rss_mib"], None)}
     if st.task == "sft":
         tokens = line["tokens_per_step"] * len(secs)
         return {"sft_tokens_per_s": (tokens / sum(secs), 6 * line["params"]["model"]),
@@ -112,6 +137,9 @@ FIGURES = {"sft_tokens_per_s": ("tokens/s", False), "sft_peak_rss_mib": ("MiB", 
 FIGURES.update({name.replace("ppo_", "ppo_lora_"): spec for name, spec in FIGURES.items() if name.startswith("ppo_")})
 # ours with LoRA against TRL's full fine-tuning (the issue's "with the LoRA option, <= 0.6x TRL's")
 FIGURES["ppo_lora_vs_trl_full_peak_rss_mib"] = ("MiB", True)
+FIGURES.update({"dpo_pairs_per_s": ("pairs/s", False), "dpo_peak_rss_mib": ("MiB", True),
+                "rloo_s_per_iteration": ("s", True), "rloo_peak_rss_mib": ("MiB", True),
+                "grpo_s_per_iteration": ("s", True), "grpo_peak_rss_mib": ("MiB", True)})
 
 
 def summarise(name: str, runs: list[tuple[float, float | None]], peak: float) -> dict:
@@ -140,7 +168,7 @@ def table(figures: list[dict]) -> str:
         o, t = f["ours"], f["trl"]
         cell = lambda s: f"{fmt(s['median'])} [{fmt(s['min'])}-{fmt(s['max'])}] {s['unit']}"
         target = TARGETS.get(f["figure"])
-        status = "" if target is None else f">={target:g}x " + ("met" if f["ratio"] >= target else "NOT met")
+        status = "-" if target is None else f">={target:g}x " + ("met" if f["ratio"] >= target else "NOT met")
         share = "" if "share_of_peak" not in o else \
             f"{100 * o['share_of_peak']:.1f}% / {100 * t['share_of_peak']:.1f}%"
         busy = f"{o['cpu_busy_min']:.2f}/{t['cpu_busy_min']:.2f}"
@@ -271,8 +299,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["tiny", "opt-125m"],
                         choices=["tiny", "opt-125m", "smollm2-135m"])
-    parser.add_argument("--tasks", nargs="+", default=["sft", "rm", "ppo", "ppo_lora"],
-                        choices=["sft", "rm", "ppo", "ppo_lora"])
+    parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "default"],
                         help="default: each side's own (ours mixed_precision='auto'; TRL's configs' bf16=True)")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per side and figure")

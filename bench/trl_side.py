@@ -2,8 +2,9 @@
 
     bench/.venv-trl/bin/python bench/trl_side.py --settings '{"task": "sft", ...}'
 
-SFT and the reward model use the current trl (SFTTrainer, RewardTrainer); PPO uses the last trl
-that has it (trl.experimental.ppo.PPOTrainer, trl 1.12), which run.py puts first on PYTHONPATH.
+SFT, the reward model, DPO, RLOO and GRPO use the current trl (SFTTrainer, RewardTrainer,
+DPOTrainer, RLOOTrainer, GRPOTrainer); PPO uses the last trl that has it
+(trl.experimental.ppo.PPOTrainer, trl 1.12), which run.py puts first on PYTHONPATH.
 TRL's defaults are kept except where the comparison needs them equal to ours: precision
 (fp32 / bf16; `default` keeps TRL's own), gradient checkpointing off, learning rate, batch,
 lengths, models and data, no logging integrations, no saving, no progress bar. The optimiser is
@@ -11,15 +12,17 @@ TRL's default, torch's fused AdamW, which is also what the project uses.
 """
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from common import (PAD, SHAPES, StepClock, causal_lm, emit,  # noqa: E402
-                    make_tokenizer, matmul_params, pair_rows, parse_settings, ppo_models, ppo_prompts,
-                    scalar_head_model, sft_rows)
+from common import (PAD, SHAPES, StepClock, causal_lm, dpo_rows, emit, group_prompts,  # noqa: E402
+                    ids_text, make_tokenizer, matmul_params, pair_rows, parse_settings, policy_models,
+                    ppo_models, ppo_prompts, scalar_head_model, sft_rows)
 
 from rlhf.models import lora_config  # noqa: E402  (the project's adapters, on both sides)
 
@@ -36,26 +39,48 @@ def common_args(st, out_dir: str) -> dict:
                 dataloader_num_workers=0)
 
 
-def step_clock_callback(clock: StepClock, last_end: StepClock):
+# the optimiser the project's DPO, RLOO and GRPO loops build (rlhf/beyond_loop.py: AdamW with eps
+# 1e-5 and torch's default weight decay 0.01), given to TRL's trainers for those three tasks
+BEYOND_OPTIMISER = dict(weight_decay=0.01, adam_epsilon=1e-5)
+
+
+def step_clock_callback(clock: StepClock, last_end: StepClock, every: int = 1):
+    """Marks the beginning of every `every`-th optimiser step (one GRPO iteration is
+    num_iterations steps) and the end of the last step."""
     from transformers import TrainerCallback
 
     class StepMarks(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            clock.tick()
+            if state.global_step % every == 0:
+                clock.tick()
 
         def on_step_end(self, args, state, control, **kwargs):
             last_end.start()  # keeps only the latest step end
     return StepMarks()
 
 
-def run_trainer(trainer, st, model, extra):
-    """A step runs from one on_step_begin to the next, the last one to its on_step_end."""
+def run_trainer(trainer, every: int = 1) -> StepClock:
+    """Train; returns the clock. A step (`every` optimiser steps) runs from one on_step_begin to
+    the next, the last one to its on_step_end."""
     clock, last_end = StepClock(), StepClock()
-    trainer.add_callback(step_clock_callback(clock, last_end))
+    trainer.add_callback(step_clock_callback(clock, last_end, every))
     trainer.train()
     clock.marks.append(last_end.marks[0])
     clock.cpu.append(last_end.cpu[0])
-    emit(st, SIDE, clock, {"model": matmul_params(model)}, **extra)
+    return clock
+
+
+def completion_lengths(trainer) -> list[float]:
+    """The mean completion length of each generation batch, appended as the trainer's `_generate`
+    returns (RLOO and GRPO alike return prompt ids, completion ids, ...); nothing else changes."""
+    generate, lengths = trainer._generate, []
+
+    def counted(prompts):
+        out = generate(prompts)
+        lengths.append(sum(map(len, out[1])) / len(out[1]))
+        return out
+    trainer._generate = counted
+    return lengths
 
 
 def bench_sft(st):
@@ -71,7 +96,8 @@ def bench_sft(st):
                          packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=data,
                              processing_class=make_tokenizer(SHAPES[st.shape]["vocab_size"]))
-        run_trainer(trainer, st, model, {"tokens_per_step": st.batch * st.seq_len})
+        clock = run_trainer(trainer)
+    emit(st, SIDE, clock, {"model": matmul_params(model)}, tokens_per_step=st.batch * st.seq_len)
 
 
 def bench_rm(st):
@@ -87,7 +113,8 @@ def bench_rm(st):
                             gradient_accumulation_steps=1, max_steps=n, max_length=st.seq_len)
         trainer = RewardTrainer(model=model, args=args, train_dataset=data,
                                 processing_class=make_tokenizer(SHAPES[st.shape]["vocab_size"]))
-        run_trainer(trainer, st, model, {"pairs_per_step": st.batch})
+        clock = run_trainer(trainer)
+    emit(st, SIDE, clock, {"model": matmul_params(model)}, pairs_per_step=st.batch)
 
 
 class PPOPhases:
@@ -171,9 +198,69 @@ def bench_ppo(st):
          response_length=[float(r["response_width"]) for r in timed])
 
 
+def bench_dpo(st):
+    """DPOTrainer tokenises text itself, so the pairs go in as the text of their ids; each answer
+    already ends in EOS, so it adds none."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    n = st.warmup + st.steps
+    rows = dpo_rows(st, n)
+    data = Dataset.from_dict({"prompt": [ids_text(p) for p, _, _ in rows],
+                              "chosen": [" " + ids_text(c) for _, c, _ in rows],
+                              "rejected": [" " + ids_text(r) for _, _, r in rows]})
+    model = causal_lm(st.shape, st.seed)
+    with tempfile.TemporaryDirectory() as out:
+        args = DPOConfig(**{**common_args(st, out), **BEYOND_OPTIMISER}, per_device_train_batch_size=st.batch,
+                         gradient_accumulation_steps=1, max_steps=n, max_length=st.seq_len,
+                         beta=st.dpo_beta, loss_type=["sigmoid"], precompute_ref_log_probs=False)
+        trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=data,
+                             processing_class=make_tokenizer(SHAPES[st.shape]["vocab_size"]))
+        clock = run_trainer(trainer)
+    emit(st, SIDE, clock, {"model": matmul_params(model)}, pairs_per_step=st.batch)
+
+
+def bench_online(st):
+    """RLOOTrainer or GRPOTrainer (st.task) with the reward model as its reward function.
+
+    Neither takes a reference model: with beta > 0 it loads one from the policy's
+    config.name_or_path, so the policy is saved first and that folder named there (the reference
+    is then a copy of the actor, as on our side). Prompts go in as text, with a trailing space so
+    that the prompt + completion text TRL builds for the reward model splits into the same ids."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    n = st.warmup + st.steps
+    tokenizer = make_tokenizer(SHAPES[st.shape]["vocab_size"])
+    prompts = Dataset.from_dict({"prompt": [ids_text(ids) + " " for ids in group_prompts(st, n)]})
+    actor, reward = policy_models(st.shape, st.seed)
+    params = {"actor": matmul_params(actor), "reference": matmul_params(actor), "reward": matmul_params(reward)}
+    passes = st.grpo_epochs if st.task == "grpo" else 1
+    with tempfile.TemporaryDirectory() as out:
+        actor.save_pretrained(Path(out) / "reference")
+        actor.config.name_or_path = str(Path(out) / "reference")
+        shared = dict(**{**common_args(st, out), **BEYOND_OPTIMISER}, per_device_train_batch_size=st.prompts,
+                      gradient_accumulation_steps=1, steps_per_generation=1, num_generations=st.samples,
+                      max_completion_length=st.new_tokens, temperature=st.temperature, num_iterations=passes,
+                      max_steps=n * passes)
+        if st.task == "rloo":
+            args = RLOOConfig(**shared, beta=st.rloo_kl_coef, normalize_advantages=False)
+            trainer_class = RLOOTrainer
+        else:
+            args = GRPOConfig(**shared, beta=st.grpo_kl_coef, epsilon=0.2, loss_type="grpo",
+                              scale_rewards="group")
+            trainer_class = GRPOTrainer
+        trainer = trainer_class(model=actor, reward_funcs=reward, args=args, train_dataset=prompts,
+                                processing_class=tokenizer, reward_processing_classes=tokenizer)
+        lengths = completion_lengths(trainer)
+        clock = run_trainer(trainer, every=passes)
+    emit(st, SIDE, clock, params, response_length=lengths[st.warmup:])
+
+
 if __name__ == "__main__":
     import trl
 
     settings = parse_settings()
     print(f"trl {trl.__version__}", flush=True)
-    {"sft": bench_sft, "rm": bench_rm, "ppo": bench_ppo}[settings.task](settings)
+    {"sft": bench_sft, "rm": bench_rm, "ppo": bench_ppo, "dpo": bench_dpo, "rloo": bench_online,
+     "grpo": bench_online}[settings.task](settings)
